@@ -1,0 +1,35 @@
+"""callbox: a WebRTC call signalling server on Trio, speaking Socket.IO v5 / Engine.IO v4.
+
+Public API:
+
+- :class:`SocketIO`, :class:`Namespace`, :class:`Socket`, :class:`ConnectionRefused`: write a
+  Socket.IO application (events, acks, rooms, namespaces);
+- :class:`EngineApp`, :class:`EngineSocket`: write an Engine.IO application (raw messages);
+- :func:`serve`: run either on one port; :class:`Config`: its settings.
+"""
+
+from __future__ import annotations
+
+from ._serve import serve
+from .config import Config, ConfigError
+from .engineio import CloseReason
+from .server.engine import EngineApp, EngineServer, EngineSocket
+from .server.socketio import ConnectionRefused, DisconnectReason, Namespace, Socket, SocketIO
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CloseReason",
+    "Config",
+    "ConfigError",
+    "ConnectionRefused",
+    "DisconnectReason",
+    "EngineApp",
+    "EngineServer",
+    "EngineSocket",
+    "Namespace",
+    "Socket",
+    "SocketIO",
+    "__version__",
+    "serve",
+]

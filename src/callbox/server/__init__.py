@@ -1,0 +1,1 @@
+"""The Trio shell and the application APIs built on it."""

@@ -1,0 +1,609 @@
+"""The Trio shell: one port serving Engine.IO over HTTP long-polling and WebSocket.
+
+Lifetimes (each owner cleans up what it owns):
+
+- the server nursery owns the listeners, every session task, and the application's own task;
+- a session task owns its Engine.IO session: its heartbeat, its writes to a WebSocket, its
+  close, and the application's close callback. Sessions outlive single requests and transports;
+- a connection task owns its TCP stream: it reads requests with h11, answers polls, and after a
+  WebSocket upgrade reads frames with wsproto and hands messages to the application inline (so
+  the messages of one client are handled in order, with no task hop per message).
+
+Writes: a WebSocket is written only by its session's task, which drains the whole outbox into
+one ``send_all``; a poll is answered by the connection task that holds it.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlsplit
+
+import h11
+import msgspec
+import trio
+from wsproto.connection import Connection as WSConnection
+from wsproto.connection import ConnectionState as WSState
+from wsproto.connection import ConnectionType
+from wsproto.events import (
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Ping,
+    TextMessage,
+)
+from wsproto.frame_protocol import CloseReason as WSCloseCode
+from wsproto.utilities import RemoteProtocolError as WSRemoteProtocolError
+from wsproto.utilities import generate_accept_token
+
+from ..config import Config
+from ..engineio import (
+    CloseReason,
+    EngineIOProtocolError,
+    EngineSession,
+    PollConflict,
+    SessionState,
+)
+
+__all__ = ["EngineApp", "EngineSocket", "EngineServer"]
+
+log = logging.getLogger("callbox.engine")
+
+# h11 refuses a request head larger than this: far above any real browser request (cookies
+# included), small enough that a client cannot make us hold much.
+MAX_REQUEST_HEAD = 16 * 1024
+# Bytes read from a socket at once: one read takes a typical burst of small frames.
+RECEIVE_SIZE = 64 * 1024
+
+_ERRORS = {
+    0: "Transport unknown",
+    1: "Session ID unknown",
+    2: "Bad handshake method",
+    3: "Bad request",
+    4: "Forbidden",
+    5: "Unsupported protocol version",
+}
+
+
+class EngineApp(Protocol):
+    """What the server calls. Each callback runs in the task that received the event."""
+
+    async def on_open(self, sock: EngineSocket) -> None: ...
+    async def on_message(self, sock: EngineSocket, data: str | bytes) -> None: ...
+    async def on_close(self, sock: EngineSocket, reason: CloseReason) -> None: ...
+    async def run(self) -> None:
+        """Background work of the application, run in the server nursery until shutdown."""
+
+
+class EngineSocket:
+    """One Engine.IO session as the application sees it: send text or bytes, close, and a
+    ``state`` slot for the application's own use."""
+
+    __slots__ = ("core", "server", "remote_address", "state", "_lot", "_ws", "_stream", "_ws_scope", "_wlock")
+
+    def __init__(self, server: EngineServer, core: EngineSession, remote_address: str) -> None:
+        self.core = core
+        self.server = server
+        self.remote_address = remote_address
+        self.state: Any = None
+        self._lot = trio.lowlevel.ParkingLot()
+        self._ws: WSConnection | None = None  # the WebSocket this session writes to, once upgraded
+        self._stream: trio.SocketStream | None = None
+        self._ws_scope: trio.CancelScope | None = None  # cancels that WebSocket's reader
+        # The session task and the reader (for pongs to WebSocket pings, close answers) both
+        # write to an upgraded WebSocket; this keeps their writes whole.
+        self._wlock: trio.Lock | None = None
+
+    @property
+    def sid(self) -> str:
+        return self.core.sid
+
+    @property
+    def transport(self) -> str:
+        return "websocket" if self.core.state is SessionState.WEBSOCKET else "polling"
+
+    @property
+    def is_open(self) -> bool:
+        return self.core.is_open
+
+    def send(self, data: str | bytes) -> bool:
+        """Queue a message; False if the session is closed (or was just closed for being slow)."""
+        ok = self.core.send(data, 0.0)
+        self._lot.unpark_all()
+        return ok
+
+    def close(self, reason: CloseReason = CloseReason.FORCED_CLOSE) -> None:
+        """Close the session: what is queued goes first, then the close packet."""
+        self.core.close(reason, trio.current_time())
+        self._lot.unpark_all()
+
+    def _lose(self, reason: CloseReason) -> None:
+        self.core.lost(reason)
+        self._lot.unpark_all()
+
+
+def _error_body(code: int) -> bytes:
+    return msgspec.json.encode({"code": code, "message": _ERRORS[code]})
+
+
+class _HTTPError(Exception):
+    def __init__(self, status: int, code: int) -> None:
+        self.status = status
+        self.code = code
+
+
+class EngineServer:
+    """Serves one Engine.IO application on one port."""
+
+    def __init__(self, app: EngineApp, config: Config) -> None:
+        self.app = app
+        self.config = config
+        self.sessions: dict[str, EngineSocket] = {}
+        self._nursery: trio.Nursery | None = None
+        self._path = config.path
+        self._path_noslash = config.path.rstrip("/")
+        self.http_handlers: dict[str, Callable[[h11.Request], Awaitable[tuple[int, list[tuple[str, str]], bytes]]]] = {}
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def serve(
+        self, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Listen and serve until cancelled. ``task_status.started`` gets the listeners."""
+        listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host or None)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self.app.run)
+            await nursery.start(trio.serve_listeners, self._handle_connection, listeners)
+            task_status.started(listeners)
+
+    def _start_session(self, sock: EngineSocket) -> None:
+        assert self._nursery is not None
+        self.sessions[sock.sid] = sock
+        self._nursery.start_soon(self._run_session, sock)
+
+    def _new_sid(self) -> str:
+        while True:
+            sid = secrets.token_urlsafe(15)  # 120 random bits
+            if sid not in self.sessions:
+                return sid
+
+    async def _run_session(self, sock: EngineSocket) -> None:
+        core = sock.core
+        try:
+            while core.state is not SessionState.CLOSED:
+                if sock._ws is not None and core.has_output and core.state in (
+                    SessionState.WEBSOCKET,
+                    SessionState.CLOSING,
+                ):
+                    await self._flush_ws(sock)
+                    continue
+                with trio.move_on_at(core.next_deadline()):
+                    await sock._lot.park()
+                had_output = core.has_output
+                core.handle_timeout(trio.current_time())
+                if core.has_output and not had_output:
+                    sock._lot.unpark_all()  # a ping for a pending poll
+        finally:
+            self.sessions.pop(core.sid, None)
+            if sock._ws_scope is not None:
+                sock._ws_scope.cancel()
+            sock._lot.unpark_all()
+            with trio.CancelScope(shield=True):
+                try:
+                    await self.app.on_close(sock, core.close_reason or CloseReason.TRANSPORT_CLOSE)
+                except Exception:
+                    log.exception("close handler failed for session %s", core.sid)
+
+    async def _flush_ws(self, sock: EngineSocket) -> None:
+        ws, stream, lock = sock._ws, sock._stream, sock._wlock
+        assert ws is not None and stream is not None and lock is not None
+        items = sock.core.take_output()
+        data = b"".join(
+            [ws.send(TextMessage(data=x) if isinstance(x, str) else BytesMessage(data=x)) for x in items]
+        )
+        if sock.core.state is SessionState.CLOSED and ws.state is WSState.OPEN:
+            data += ws.send(CloseConnection(code=WSCloseCode.NORMAL_CLOSURE))
+        # A write that cannot finish by the time a silent peer would be declared dead means the
+        # peer is not reading: give up on it rather than block this session forever.
+        with trio.move_on_after(sock.core.ping_interval + sock.core.ping_timeout) as scope:
+            try:
+                async with lock:
+                    await stream.send_all(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                sock._lose(CloseReason.TRANSPORT_CLOSE)
+        if scope.cancelled_caught:
+            sock._lose(CloseReason.TRANSPORT_ERROR)
+
+    # -- HTTP ---------------------------------------------------------------------------------
+
+    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+        try:
+            peer = stream.socket.getpeername()
+            remote = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        except OSError:
+            return
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
+        try:
+            while True:
+                event = await self._next_event(conn, stream)
+                if not isinstance(event, h11.Request):
+                    return
+                keep_going = await self._handle_request(conn, stream, event, remote)
+                if not keep_going or conn.our_state is h11.MUST_CLOSE:
+                    return
+                try:
+                    conn.start_next_cycle()
+                except h11.LocalProtocolError:
+                    return
+        except h11.RemoteProtocolError as exc:
+            await self._send_simple(conn, stream, exc.error_status_hint, b"Bad request\n")
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception:
+            log.exception("connection from %s failed", remote)
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    async def _next_event(self, conn: h11.Connection, stream: trio.SocketStream) -> Any:
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                data = await stream.receive_some(RECEIVE_SIZE)
+                conn.receive_data(data)
+                continue
+            return event
+
+    async def _send(self, conn: h11.Connection, stream: trio.SocketStream, status: int,
+                    headers: list[tuple[str, str]], body: bytes) -> None:
+        headers = [*headers, ("Content-Length", str(len(body)))]
+        data = conn.send(h11.Response(status_code=status, headers=headers))
+        assert data is not None
+        out = [data]
+        if body:
+            out.append(conn.send(h11.Data(data=body)) or b"")
+        out.append(conn.send(h11.EndOfMessage()) or b"")
+        await stream.send_all(b"".join(out))
+
+    async def _send_simple(self, conn: h11.Connection, stream: trio.SocketStream, status: int, body: bytes) -> None:
+        if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        try:
+            await self._send(conn, stream, status, [("Content-Type", "text/plain"), ("Connection", "close")], body)
+        except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+    def _cors_headers(self, request: h11.Request) -> list[tuple[str, str]] | None:
+        """CORS answer headers, or None if the Origin is not allowed. No Origin: not a browser."""
+        origin = host = None
+        for name, value in request.headers:
+            if name == b"origin":
+                origin = value.decode("latin-1")
+            elif name == b"host":
+                host = value.decode("latin-1")
+        if origin is None:
+            return []
+        allowed = self.config.cors_origins
+        if "*" in allowed or origin in allowed or (
+            not allowed and host is not None and urlsplit(origin).netloc == host
+        ):
+            return [
+                ("Access-Control-Allow-Origin", origin),
+                ("Access-Control-Allow-Credentials", "true"),
+                ("Vary", "Origin"),
+            ]
+        return None
+
+    async def _handle_request(self, conn: h11.Connection, stream: trio.SocketStream,
+                              request: h11.Request, remote: str) -> bool:
+        target = request.target.decode("latin-1")
+        path, _, query_string = target.partition("?")
+        if path != self._path and path != self._path_noslash:
+            handler = self.http_handlers.get(path)
+            if handler is not None and request.method in (b"GET", b"HEAD"):
+                await self._drain_body(conn, stream, 0)
+                status, headers, body = await handler(request)
+                await self._send(conn, stream, status, headers, body)
+                return True
+            await self._drain_body(conn, stream, 0)
+            await self._send(conn, stream, 404, [("Content-Type", "text/plain")], b"Not found\n")
+            return True
+        cors = self._cors_headers(request)
+        try:
+            if cors is None:
+                raise _HTTPError(403, 4)
+            query = dict(parse_qsl(query_string, keep_blank_values=True))
+            if request.method == b"OPTIONS":
+                await self._drain_body(conn, stream, 0)
+                req_headers = next((v.decode("latin-1") for n, v in request.headers
+                                    if n == b"access-control-request-headers"), "")
+                headers = [*cors, ("Access-Control-Allow-Methods", "GET, POST, OPTIONS"),
+                           ("Access-Control-Max-Age", "86400")]
+                if req_headers:
+                    headers.append(("Access-Control-Allow-Headers", req_headers))
+                await self._send(conn, stream, 204, headers, b"")
+                return True
+            transport = query.get("transport")
+            if transport not in ("polling", "websocket"):
+                raise _HTTPError(400, 0)
+            if query.get("EIO") != "4":
+                raise _HTTPError(400, 5)
+            sid = query.get("sid")
+            is_upgrade = any(n == b"upgrade" and v.lower() == b"websocket" for n, v in request.headers)
+            if transport == "websocket":
+                if not is_upgrade or request.method != b"GET":
+                    raise _HTTPError(400, 3)
+                await self._websocket(conn, stream, request, sid, remote)
+                return False
+            if sid is None:
+                if request.method != b"GET":
+                    raise _HTTPError(400, 2)
+                await self._drain_body(conn, stream, 0)
+                body = await self._open_polling(remote)
+                await self._send(conn, stream, 200, [*cors, ("Content-Type", "text/plain; charset=UTF-8")], body)
+                return True
+            sock = self.sessions.get(sid)
+            if sock is None:
+                raise _HTTPError(400, 1)
+            if request.method == b"GET":
+                await self._drain_body(conn, stream, 0)
+                return await self._poll(conn, stream, sock, cors)
+            if request.method == b"POST":
+                return await self._post(conn, stream, request, sock, cors)
+            raise _HTTPError(400, 3)
+        except _HTTPError as err:
+            await self._drain_body(conn, stream, 0, tolerate=True)
+            headers = [*(cors or []), ("Content-Type", "application/json")]
+            if conn.their_state is not h11.DONE:
+                headers.append(("Connection", "close"))
+            await self._send(conn, stream, err.status, headers, _error_body(err.code))
+            return conn.their_state is h11.DONE
+
+    async def _drain_body(self, conn: h11.Connection, stream: trio.SocketStream, limit: int,
+                          *, tolerate: bool = False) -> bytes:
+        """Read the request body, refusing more than ``limit`` bytes."""
+        chunks: list[bytes] = []
+        size = 0
+        while conn.their_state is h11.SEND_BODY:
+            if size > limit:
+                if tolerate:
+                    return b""
+                raise _HTTPError(413, 3)
+            event = await self._next_event(conn, stream)
+            if isinstance(event, h11.Data):
+                size += len(event.data)
+                chunks.append(bytes(event.data))
+            elif isinstance(event, h11.EndOfMessage):
+                break
+        if size > limit:
+            if tolerate:
+                return b""
+            raise _HTTPError(413, 3)
+        return b"".join(chunks)
+
+    # -- long-polling -------------------------------------------------------------------------
+
+    async def _open_polling(self, remote: str) -> bytes:
+        cfg = self.config
+        core = EngineSession(
+            self._new_sid(), websocket=False, now=trio.current_time(),
+            ping_interval=cfg.ping_interval, ping_timeout=cfg.ping_timeout,
+            max_outbox_bytes=cfg.max_outbox,
+        )
+        sock = EngineSocket(self, core, remote)
+        body = core.handshake_packet(upgrades=["websocket"], max_payload=cfg.max_payload).encode()
+        self._start_session(sock)
+        await self._call_open(sock)
+        return body
+
+    async def _call_open(self, sock: EngineSocket) -> None:
+        try:
+            await self.app.on_open(sock)
+        except Exception:
+            log.exception("open handler failed for session %s", sock.sid)
+            sock._lose(CloseReason.TRANSPORT_ERROR)
+
+    async def _poll(self, conn: h11.Connection, stream: trio.SocketStream, sock: EngineSocket,
+                    cors: list[tuple[str, str]]) -> bool:
+        core = sock.core
+        try:
+            core.begin_poll(trio.current_time())
+        except PollConflict:
+            sock._lot.unpark_all()
+            raise _HTTPError(400, 3) from None
+        except EngineIOProtocolError:
+            raise _HTTPError(400, 3) from None
+        if not core.poll_ready:
+            aborted = False
+            async with trio.open_nursery() as nursery:
+
+                async def watch_abort() -> None:
+                    # A client that gives up on its GET closes the connection: it has gone.
+                    nonlocal aborted
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                    if data:
+                        conn.receive_data(data)  # a pipelined request: keep it for later
+                        await trio.sleep_forever()
+                    aborted = True
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(watch_abort)
+                while not core.poll_ready:
+                    await sock._lot.park()
+                nursery.cancel_scope.cancel()
+            if aborted:
+                core.abort_poll()
+                sock._lot.unpark_all()
+                return False
+        body = core.finish_poll()
+        if core.state is SessionState.CLOSED:
+            sock._lot.unpark_all()
+        await self._send(conn, stream, 200, [*cors, ("Content-Type", "text/plain; charset=UTF-8")], body)
+        return True
+
+    async def _post(self, conn: h11.Connection, stream: trio.SocketStream, request: h11.Request,
+                    sock: EngineSocket, cors: list[tuple[str, str]]) -> bool:
+        core = sock.core
+        try:
+            body = await self._drain_body(conn, stream, self.config.max_payload)
+        except _HTTPError:
+            sock._lose(CloseReason.TRANSPORT_ERROR)
+            raise
+        try:
+            messages = core.receive_payload(body, trio.current_time())
+        except EngineIOProtocolError as exc:
+            log.info("session %s: %s", sock.sid, exc)
+            sock._lose(CloseReason.PARSE_ERROR)
+            raise _HTTPError(400, 3) from None
+        sock._lot.unpark_all()  # a pong moves the heartbeat; a close ends the session
+        await self._send(conn, stream, 200, [*cors, ("Content-Type", "text/html")], b"ok")
+        for message in messages:
+            if not core.is_open:
+                break
+            await self._deliver(sock, message)
+        return True
+
+    async def _deliver(self, sock: EngineSocket, message: str | bytes) -> None:
+        try:
+            await self.app.on_message(sock, message)
+        except Exception:
+            # A handler's exception closes its own session, never the server.
+            log.exception("message handler failed for session %s", sock.sid)
+            sock._lose(CloseReason.TRANSPORT_ERROR)
+
+    # -- WebSocket ----------------------------------------------------------------------------
+
+    async def _websocket(self, conn: h11.Connection, stream: trio.SocketStream, request: h11.Request,
+                         sid: str | None, remote: str) -> None:
+        key = next((v for n, v in request.headers if n == b"sec-websocket-key"), None)
+        if key is None:
+            raise _HTTPError(400, 3)
+        sock: EngineSocket | None = None
+        if sid is not None:
+            sock = self.sessions.get(sid)
+            if sock is None:
+                raise _HTTPError(400, 1)
+        await self._drain_body(conn, stream, 0)
+        headers = [
+            (b"Upgrade", b"websocket"),
+            (b"Connection", b"Upgrade"),
+            (b"Sec-WebSocket-Accept", generate_accept_token(key)),
+        ]
+        await stream.send_all(conn.send(h11.InformationalResponse(status_code=101, headers=headers)) or b"")
+        trailing, _ = conn.trailing_data
+        ws = WSConnection(ConnectionType.SERVER, trailing_data=bytes(trailing))
+        cfg = self.config
+        if sock is None:
+            core = EngineSession(
+                self._new_sid(), websocket=True, now=trio.current_time(),
+                ping_interval=cfg.ping_interval, ping_timeout=cfg.ping_timeout,
+                max_outbox_bytes=cfg.max_outbox,
+            )
+            sock = EngineSocket(self, core, remote)
+            opening = core.handshake_packet(upgrades=[], max_payload=cfg.max_payload)
+            await stream.send_all(ws.send(TextMessage(data=opening)))
+            self._attach_ws(sock, ws, stream)
+            self._start_session(sock)
+            await self._call_open(sock)
+        else:
+            try:
+                sock.core.begin_upgrade()
+            except EngineIOProtocolError:
+                # Not a polling session (already upgraded, or upgrading): this WebSocket is refused.
+                await stream.send_all(ws.send(CloseConnection(code=WSCloseCode.POLICY_VIOLATION)))
+                return
+        await self._read_ws(sock, ws, stream)
+
+    def _attach_ws(self, sock: EngineSocket, ws: WSConnection, stream: trio.SocketStream) -> None:
+        sock._ws = ws
+        sock._stream = stream
+        sock._wlock = trio.Lock()
+
+    async def _read_ws(self, sock: EngineSocket, ws: WSConnection, stream: trio.SocketStream) -> None:
+        """Read frames until the WebSocket or the session ends; messages go to the app inline."""
+        core = sock.core
+        max_payload = self.config.max_payload
+        parts: list[Any] = []  # fragments of the message being received
+        size = 0
+        reason = CloseReason.TRANSPORT_CLOSE
+        upgrading = sock._ws is not ws
+        control: list[bytes] = []  # frames the reader answers itself (pong, close, 3probe)
+        with trio.CancelScope() as scope:
+            if not upgrading:
+                sock._ws_scope = scope
+            try:
+                while True:
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                    if not data:
+                        break
+                    ws.receive_data(data)
+                    for event in ws.events():
+                        if isinstance(event, Message):
+                            size += len(event.data)
+                            if size > max_payload:
+                                reason = CloseReason.TRANSPORT_ERROR
+                                control.append(ws.send(CloseConnection(code=WSCloseCode.MESSAGE_TOO_BIG)))
+                                raise _WSDone
+                            parts.append(event.data)
+                            if not event.message_finished:
+                                continue
+                            payload = parts[0] if len(parts) == 1 else parts[0][:0].join(parts)
+                            parts = []
+                            size = 0
+                            msg: str | bytes | None
+                            if isinstance(payload, str):
+                                msg, reply = core.receive_ws_text(payload, trio.current_time())
+                                if reply is not None:
+                                    control.append(ws.send(TextMessage(data=reply)))
+                                    sock._lot.unpark_all()  # release a pending poll with a noop
+                                elif upgrading and core.state is SessionState.WEBSOCKET:
+                                    upgrading = False
+                                    sock._ws_scope = scope
+                                    self._attach_ws(sock, ws, stream)
+                                    sock._lot.unpark_all()  # flush what waited during the upgrade
+                            else:
+                                msg = core.receive_ws_binary(payload)
+                            if msg is not None:
+                                await self._deliver(sock, msg)
+                            elif not core.is_open:
+                                sock._lot.unpark_all()
+                                if core.state is SessionState.CLOSED:
+                                    raise _WSDone
+                        elif isinstance(event, Ping):
+                            control.append(ws.send(event.response()))
+                        elif isinstance(event, CloseConnection):
+                            if ws.state is not WSState.CLOSED:
+                                control.append(ws.send(event.response()))
+                            raise _WSDone
+                    if control:
+                        await self._send_control(sock, stream, control, upgrading)
+                        control = []
+            except _WSDone:
+                if control:
+                    with trio.move_on_after(1):
+                        await self._send_control(sock, stream, control, upgrading)
+            except (EngineIOProtocolError, WSRemoteProtocolError) as exc:
+                log.info("session %s: %s", sock.sid, exc)
+                reason = CloseReason.PARSE_ERROR
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+            finally:
+                if upgrading:
+                    sock.core.upgrade_failed()
+                elif sock._ws is ws:
+                    sock._lose(reason)
+
+    async def _send_control(self, sock: EngineSocket, stream: trio.SocketStream, frames: list[bytes],
+                            upgrading: bool) -> None:
+        if upgrading or sock._wlock is None:
+            await stream.send_all(b"".join(frames))
+        else:
+            async with sock._wlock:
+                await stream.send_all(b"".join(frames))
+
+
+class _WSDone(Exception):
+    pass

@@ -1,0 +1,265 @@
+"""Socket.IO v5 packets, sans-IO.
+
+One packet is one Engine.IO message: ``<type>[<attachments>-][<namespace>,][<ack id>][<JSON>]``.
+The namespace is left out when it is ``/``. BINARY_EVENT and BINARY_ACK are followed by as many
+binary Engine.IO messages as they announce; their JSON holds ``{"_placeholder":true,"num":N}``
+where each buffer goes.
+
+Event and ack arguments are decoded only one level deep, into ``msgspec.Raw`` values: the layer
+above decodes what it routes on and forwards the rest byte for byte. Malformed input raises
+:class:`SocketIOProtocolError`; the connection that sent it closes.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "PacketType",
+    "Packet",
+    "SocketIOProtocolError",
+    "Decoder",
+    "encode_packet",
+    "encode_binary_packet",
+    "RESERVED_EVENTS",
+    "MAX_ATTACHMENTS",
+    "MAX_ACK_ID_DIGITS",
+    "MAX_NAMESPACE_LENGTH",
+]
+
+# Bounds on what one packet may claim. socket.io-client sends one attachment per Buffer argument;
+# 64 leaves room for any real use while a claim of millions cannot make us wait or allocate.
+MAX_ATTACHMENTS = 64
+# The JS client counts ack ids up from 0 in a Number: 15 digits stay below 2**53 with room.
+MAX_ACK_ID_DIGITS = 15
+# Namespaces are short names such as "/admin"; 256 characters is far past any real one.
+MAX_NAMESPACE_LENGTH = 256
+
+# Names socket.io reserves for its own events: a client may not emit them.
+RESERVED_EVENTS = frozenset(
+    {"connect", "connect_error", "disconnect", "disconnecting", "newListener", "removeListener"}
+)
+
+
+class SocketIOProtocolError(Exception):
+    """The peer sent a packet that is not Socket.IO v5. Its Engine.IO session closes."""
+
+
+class PacketType(enum.IntEnum):
+    CONNECT = 0
+    DISCONNECT = 1
+    EVENT = 2
+    ACK = 3
+    CONNECT_ERROR = 4
+    BINARY_EVENT = 5
+    BINARY_ACK = 6
+
+
+class Packet(msgspec.Struct, gc=False):
+    """A decoded packet.
+
+    ``data`` is: for CONNECT the auth payload (any JSON value, usually an object) or None; for
+    EVENT and ACK the list of arguments as ``msgspec.Raw`` (the event name first, for EVENT);
+    for the binary kinds, after reassembly, the list of plain Python arguments with ``bytes``
+    where the placeholders were.
+    """
+
+    type: PacketType
+    namespace: str = "/"
+    id: int | None = None
+    data: Any = None
+
+
+_raw_list = msgspec.json.Decoder(list[msgspec.Raw])
+_any = msgspec.json.Decoder()
+_encoder = msgspec.json.Encoder()
+_TYPES = {str(t.value): t for t in PacketType}
+_DIGITS = frozenset("0123456789")
+
+
+class Decoder:
+    """Turns Engine.IO messages into Socket.IO packets, holding a binary packet until its
+    attachments have all arrived."""
+
+    __slots__ = ("_pending", "_buffers", "_expected")
+
+    def __init__(self) -> None:
+        self._pending: Packet | None = None
+        self._buffers: list[bytes] = []
+        self._expected = 0
+
+    def receive_text(self, text: str) -> Packet | None:
+        """One text message. Returns the packet, or None while a binary packet waits for data."""
+        if self._pending is not None:
+            raise SocketIOProtocolError("text message while binary attachments were expected")
+        packet, attachments = _decode(text)
+        if attachments:
+            self._pending = packet
+            self._expected = attachments
+            self._buffers = []
+            return None
+        return packet
+
+    def receive_binary(self, data: bytes) -> Packet | None:
+        """One binary message: an attachment of the pending binary packet."""
+        if self._pending is None:
+            raise SocketIOProtocolError("binary message with no binary packet announced")
+        self._buffers.append(data)
+        if len(self._buffers) < self._expected:
+            return None
+        packet, buffers = self._pending, self._buffers
+        self._pending, self._buffers, self._expected = None, [], 0
+        packet.data = _fill_placeholders(packet.data, buffers)
+        return packet
+
+
+def _decode(text: str) -> tuple[Packet, int]:
+    if not text:
+        raise SocketIOProtocolError("empty packet")
+    ptype = _TYPES.get(text[0])
+    if ptype is None:
+        raise SocketIOProtocolError(f"unknown packet type {text[0]!r}")
+    i, n = 1, len(text)
+    attachments = 0
+    if ptype is PacketType.BINARY_EVENT or ptype is PacketType.BINARY_ACK:
+        dash = text.find("-", 1, 1 + 3)
+        count = text[1:dash] if dash > 0 else ""
+        if not count or not _DIGITS.issuperset(count):
+            raise SocketIOProtocolError("binary packet without a valid attachment count")
+        attachments = int(count)
+        if attachments < 1 or attachments > MAX_ATTACHMENTS:
+            raise SocketIOProtocolError(f"attachment count must be 1 to {MAX_ATTACHMENTS}")
+        i = dash + 1
+    namespace = "/"
+    if i < n and text[i] == "/":
+        end = text.find(",", i)
+        if end < 0:  # no comma: the namespace runs to the JSON, or to the end
+            end = next((k for k in range(i, n) if text[k] in "{["), n)
+            rest = end
+        else:
+            rest = end + 1
+        namespace = text[i:end].split("?", 1)[0]
+        if len(namespace) > MAX_NAMESPACE_LENGTH:
+            raise SocketIOProtocolError("namespace too long")
+        i = rest
+    start = i
+    while i < n and text[i] in _DIGITS:
+        i += 1
+    ack_id = None
+    if i > start:
+        if i - start > MAX_ACK_ID_DIGITS:
+            raise SocketIOProtocolError("ack id too long")
+        ack_id = int(text[start:i])
+    body = text[i:]
+    packet = Packet(ptype, namespace, ack_id)
+    try:
+        if ptype is PacketType.CONNECT:
+            if ack_id is not None:
+                raise SocketIOProtocolError("CONNECT with an ack id")
+            packet.data = _any.decode(body) if body else None
+            if packet.data is not None and not isinstance(packet.data, dict):
+                raise SocketIOProtocolError("CONNECT payload must be an object")
+        elif ptype is PacketType.DISCONNECT:
+            if body or ack_id is not None:
+                raise SocketIOProtocolError("DISCONNECT carries no data")
+        elif ptype is PacketType.EVENT or ptype is PacketType.ACK:
+            packet.data = _raw_list.decode(body)
+            _check_args(ptype, ack_id, packet.data)
+        elif ptype is PacketType.CONNECT_ERROR:
+            raise SocketIOProtocolError("CONNECT_ERROR is sent by servers only")
+        else:  # binary: decode fully, placeholders are filled in when the buffers arrive
+            packet.data = _any.decode(body)
+            if not isinstance(packet.data, list):
+                raise SocketIOProtocolError("binary packet data must be an array")
+            _check_args(ptype, ack_id, packet.data)
+    except msgspec.DecodeError as exc:
+        raise SocketIOProtocolError(f"invalid JSON: {exc}") from exc
+    return packet, attachments
+
+
+def _check_args(ptype: PacketType, ack_id: int | None, args: list[Any]) -> None:
+    if ptype is PacketType.EVENT or ptype is PacketType.BINARY_EVENT:
+        if not args:
+            raise SocketIOProtocolError("event without a name")
+        name = args[0]
+        if isinstance(name, msgspec.Raw):
+            try:
+                name = _any.decode(name)
+            except msgspec.DecodeError as exc:  # pragma: no cover - Raw was already validated
+                raise SocketIOProtocolError("invalid event name") from exc
+        if not isinstance(name, str):
+            raise SocketIOProtocolError("event name must be a string")
+        if name in RESERVED_EVENTS:
+            raise SocketIOProtocolError(f"{name!r} is a reserved event name")
+    elif ack_id is None:
+        raise SocketIOProtocolError("ACK without an ack id")
+
+
+def _fill_placeholders(data: Any, buffers: list[bytes]) -> Any:
+    if isinstance(data, list):
+        return [_fill_placeholders(x, buffers) for x in data]
+    if isinstance(data, dict):
+        if data.get("_placeholder") is True and len(data) == 2:
+            num = data.get("num")
+            if type(num) is not int or not 0 <= num < len(buffers):
+                raise SocketIOProtocolError("binary placeholder points to no attachment")
+            return buffers[num]
+        return {k: _fill_placeholders(v, buffers) for k, v in data.items()}
+    return data
+
+
+def _header(ptype: PacketType, namespace: str, ack_id: int | None) -> str:
+    head = str(ptype.value)
+    if namespace != "/":
+        head += namespace + ","
+    if ack_id is not None:
+        head += str(ack_id)
+    return head
+
+
+def encode_packet(
+    ptype: PacketType, namespace: str = "/", data: Any = None, ack_id: int | None = None
+) -> str:
+    """Encode a packet with no binary data (``data`` is encoded by msgspec, Raw as is)."""
+    head = _header(ptype, namespace, ack_id)
+    if data is None:
+        return head
+    return head + _encoder.encode(data).decode("utf-8")
+
+
+def has_binary(data: Any) -> bool:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return True
+    if isinstance(data, (list, tuple)):
+        return any(has_binary(x) for x in data)
+    if isinstance(data, dict):
+        return any(has_binary(x) for x in data.values())
+    return False
+
+
+def encode_binary_packet(
+    ptype: PacketType, namespace: str, data: list[Any], ack_id: int | None = None
+) -> list[str | bytes]:
+    """Encode a packet whose arguments hold bytes: the header message, then one per buffer.
+
+    ``ptype`` is EVENT or ACK; the binary type is chosen here.
+    """
+    buffers: list[bytes] = []
+
+    def strip(value: Any) -> Any:
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            buffers.append(bytes(value))
+            return {"_placeholder": True, "num": len(buffers) - 1}
+        if isinstance(value, (list, tuple)):
+            return [strip(x) for x in value]
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items()}
+        return value
+
+    stripped = strip(data)
+    btype = PacketType.BINARY_EVENT if ptype is PacketType.EVENT else PacketType.BINARY_ACK
+    head = f"{btype.value}{len(buffers)}-" + _header(btype, namespace, ack_id)[1:]
+    return [head + _encoder.encode(stripped).decode("utf-8"), *buffers]
