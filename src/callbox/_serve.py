@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from typing import Any
-
 import trio
 
 from .config import Config
@@ -16,8 +14,12 @@ async def serve(
 ) -> None:
     """Serve ``app`` (a :class:`SocketIO` or any Engine.IO application) until cancelled.
 
-    ``config`` defaults to the app's own (``SocketIO(config)``) or to :class:`Config`'s defaults.
-    With ``nursery.start(serve, app, config)`` the caller gets the listeners once they listen.
+    ``config`` defaults to the app's own (``SocketIO(config)``) or to :class:`Config`'s defaults;
+    given here, it also becomes the app's. With ``nursery.start(serve, app, config)`` the caller
+    gets the listeners once they listen.
     """
-    cfg: Any = config or getattr(app, "config", None) or Config()
-    await EngineServer(app, cfg).serve(task_status=task_status)
+    if config is None:
+        config = getattr(app, "config", None) or Config()
+    elif hasattr(app, "config"):
+        app.config = config
+    await EngineServer(app, config).serve(task_status=task_status)
