@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -29,12 +30,17 @@ def build_app(config: Config) -> SocketIO:
 
 async def _run(config: Config) -> None:
     app = build_app(config)
-    async with trio.open_nursery() as nursery:
-        listeners = await nursery.start(serve, app, config)
-        for listener in listeners:
-            host, port = listener.socket.getsockname()[:2]
-            shown = f"[{host}]" if ":" in host else host
-            print(f"callbox listening on http://{shown}:{port}{config.path}", flush=True)
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(serve, app, config)
+            for listener in listeners:
+                host, port = listener.socket.getsockname()[:2]
+                shown = f"[{host}]" if ":" in host else host
+                print(f"callbox listening on http://{shown}:{port}{config.path}", flush=True)
+            async for signum in signals:
+                log.info("%s: stopping", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,8 +50,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"callbox: {exc}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        trio.run(_run, config)
-    except KeyboardInterrupt:
-        pass
+    trio.run(_run, config)
     return 0
