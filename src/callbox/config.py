@@ -1,15 +1,18 @@
-"""Settings: one table of every setting, read from flags and ``CALLBOX_<NAME>`` variables.
+"""Settings: one table of every setting, read from flags, ``CALLBOX_<NAME>`` variables and a TOML file.
 
 Each setting is a field of :class:`Config` with its default, and a :class:`Setting` row saying its
-flag, unit, bounds and help. The command line and the environment are both parsed from that table,
-so a setting exists in one place. Precedence: flag > environment > default.
+flag, unit, bounds and help. The command line, the environment and the file are all parsed from
+that table, so a setting exists in one place. Precedence: flag > environment > file > default.
+A value that is wrong in any of them stops start-up with one line naming the setting.
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import math
 import os
+import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,12 +45,44 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     ack_timeout: float = 10.0
     # Seconds a call may ring before both sides get call:timeout.
     ring_timeout: float = 30.0
+    # TLS: both set, the port serves https and wss only.
+    tls_cert: str = ""
+    tls_key: str = ""
+    # A folder served at / (a web app shipped on the same box); empty: none.
+    static: str = ""
+    log_format: str = "text"
+    log_level: str = "info"
+    # SIGTERM/SIGINT: calls end, clients are told, the process exits within this.
+    shutdown_timeout: float = 10.0
+    # Open TCP connections at once, overall and per client address. An office behind one NAT
+    # address with a few hundred people (two connections each while upgrading) fits in 1000.
+    max_connections: int = 10000
+    max_connections_per_address: int = 1000
+    # A request head must arrive within this (slow-loris); an idle keep-alive connection is
+    # closed after keepalive_timeout (Node's http default is 5 s).
+    request_head_timeout: float = 10.0
+    keepalive_timeout: float = 5.0
+    # Proxies whose X-Forwarded-For is believed (addresses or CIDR networks).
+    trusted_proxies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for s in SETTINGS:
             s.check(getattr(self, s.name))
         if not self.path.startswith("/") or not self.path.endswith("/"):
             raise ConfigError(f"path: must start and end with '/', got {self.path!r}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert: tls_cert and tls_key go together")
+        for name in ("tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path and not os.access(path, os.R_OK):
+                raise ConfigError(f"{name}: cannot read {path!r}")
+        if self.static and not os.path.isdir(self.static):
+            raise ConfigError(f"static: {self.static!r} is not a folder")
+        for proxy in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                raise ConfigError(f"trusted_proxies: {proxy!r} is not an address or network") from None
 
 
 def _positive(v: float) -> bool:
@@ -87,6 +122,19 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_outbox", "bytes queued for one client before it is cut off", "bytes", lambda v: v >= 1024, ">= 1024"),
     Setting("ack_timeout", "seconds a server-side ack waits for the client", "s", _positive, "> 0"),
     Setting("ring_timeout", "seconds a call may ring unanswered", "s", _positive, "> 0"),
+    Setting("tls_cert", "TLS certificate chain (PEM); with tls_key, serve https/wss"),
+    Setting("tls_key", "TLS private key (PEM)"),
+    Setting("static", "folder to serve at / (empty: none)"),
+    Setting("log_format", "log line format", "", lambda v: v in ("text", "json"), "text or json"),
+    Setting("log_level", "least severe level logged", "",
+            lambda v: v in ("debug", "info", "warning", "error"), "debug, info, warning or error"),
+    Setting("shutdown_timeout", "seconds a graceful shutdown may take", "s", _positive, "> 0"),
+    Setting("max_connections", "open TCP connections at once", "", lambda v: v >= 1, ">= 1"),
+    Setting("max_connections_per_address", "open TCP connections per client address", "",
+            lambda v: v >= 1, ">= 1"),
+    Setting("request_head_timeout", "seconds for a request head to arrive", "s", _positive, "> 0"),
+    Setting("keepalive_timeout", "seconds an idle keep-alive connection stays open", "s", _positive, "> 0"),
+    Setting("trusted_proxies", "proxies whose X-Forwarded-For is trusted, comma separated (addresses or CIDRs)"),
 )
 
 
@@ -107,12 +155,51 @@ def _convert(setting: Setting, text: str, default: Any) -> Any:
             return tuple(x.strip() for x in text.split(",") if x.strip())
         return text
     except ValueError:
-        kind = type(default).__name__
-        raise ConfigError(f"{setting.name}: {text!r} is not a valid {kind}") from None
+        raise ConfigError(f"{setting.name}: {text!r} is not {_kind(default)}") from None
+
+
+def _from_toml(setting: Setting, value: Any, default: Any) -> Any:
+    """A TOML value, checked against the type of the setting's default."""
+    if isinstance(default, tuple):
+        if isinstance(value, str):
+            return _convert(setting, value, default)
+        if isinstance(value, list) and all(isinstance(x, str) for x in value):
+            return tuple(value)
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(value, type(default)) and not (isinstance(value, bool) and not isinstance(default, bool)):
+        return value
+    raise ConfigError(f"{setting.name}: {value!r} in the config file is not {_kind(default)}")
+
+
+def _kind(default: Any) -> str:
+    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", tuple: "a list of strings"}
+    return kinds[type(default)]
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """Settings from a TOML file: top-level keys named as the settings (``ping_interval = 10``)."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"config: cannot read {path!r}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config: {path!r} is not valid TOML: {exc}") from None
+    defaults = Config()
+    by_name = {s.name: s for s in SETTINGS}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        setting = by_name.get(key.replace("-", "_"))
+        if setting is None:
+            raise ConfigError(f"config: unknown setting {key!r} in {path!r}")
+        values[setting.name] = _from_toml(setting, value, getattr(defaults, setting.name))
+    return values
 
 
 def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    """Build a Config from command-line flags, then ``CALLBOX_*`` variables, then defaults."""
+    """Build a Config from flags, then ``CALLBOX_*`` variables, then the TOML file, then defaults."""
     from . import __version__
 
     environ = os.environ if environ is None else environ
@@ -124,6 +211,7 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
         "e.g. CALLBOX_PING_INTERVAL=10.",
     )
     parser.add_argument("--version", action="version", version=f"callbox {__version__}")
+    parser.add_argument("--config", metavar="FILE", help="TOML file of settings (env CALLBOX_CONFIG)")
     for s in SETTINGS:
         default = getattr(defaults, s.name)
         shown = ",".join(default) if isinstance(default, tuple) else default
@@ -136,7 +224,8 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
             help=f"{s.help} (default: {shown!s}{unit}; env {s.env})",
         )
     ns = parser.parse_args(argv)
-    values: dict[str, Any] = {}
+    config_file = ns.config or environ.get("CALLBOX_CONFIG")
+    values: dict[str, Any] = load_file(config_file) if config_file else {}
     for s in SETTINGS:
         default = getattr(defaults, s.name)
         raw = getattr(ns, s.name)
