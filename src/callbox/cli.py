@@ -9,8 +9,9 @@ from collections.abc import Sequence
 
 import trio
 
-from ._serve import serve
 from .config import Config, ConfigError, parse_args
+from .logs import setup_logging
+from .server.engine import EngineServer
 from .server.socketio import Socket, SocketIO
 
 log = logging.getLogger("callbox")
@@ -30,17 +31,25 @@ def build_app(config: Config) -> SocketIO:
 
 async def _run(config: Config) -> None:
     app = build_app(config)
+    server = EngineServer(app, config)
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(serve, app, config)
+            listeners = await nursery.start(server.serve)
+            scheme = "https" if config.tls_cert else "http"
             for listener in listeners:
                 host, port = listener.socket.getsockname()[:2]
                 shown = f"[{host}]" if ":" in host else host
-                print(f"callbox listening on http://{shown}:{port}{config.path}", flush=True)
+                print(f"callbox listening on {scheme}://{shown}:{port}{config.path}", flush=True)
             async for signum in signals:
-                log.info("%s: stopping", signal.Signals(signum).name)
+                log.info("shutting down", extra={"fields": {"signal": signal.Signals(signum).name}})
+                with trio.move_on_after(config.shutdown_timeout) as scope:
+                    await server.shutdown()
+                if scope.cancelled_caught:
+                    log.warning("shutdown timeout passed; closing what is left",
+                                extra={"fields": {"sessions": len(server.sessions)}})
                 nursery.cancel_scope.cancel()
                 break
+    log.info("stopped")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -49,6 +58,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"callbox: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(config.log_format, config.log_level)
     trio.run(_run, config)
     return 0

@@ -16,8 +16,10 @@ one ``send_all``; a poll is answered by the connection task that holds it.
 from __future__ import annotations
 
 import logging
+import os
 import secrets
-from collections.abc import Awaitable, Callable
+import ssl
+from functools import partial
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
@@ -46,6 +48,8 @@ from ..engineio import (
     PollConflict,
     SessionState,
 )
+from ..metrics import Counter, Gauge, Registry
+from .http import ProxyTrust, StaticFiles
 
 __all__ = ["EngineApp", "EngineSocket", "EngineServer"]
 
@@ -90,7 +94,7 @@ class EngineSocket:
         self.state: Any = None
         self._lot = trio.lowlevel.ParkingLot()
         self._ws: WSConnection | None = None  # the WebSocket this session writes to, once upgraded
-        self._stream: trio.SocketStream | None = None
+        self._stream: Any | None = None
         self._ws_scope: trio.CancelScope | None = None  # cancels that WebSocket's reader
         # The session task and the reader (for pongs to WebSocket pings, close answers) both
         # write to an upgraded WebSocket; this keeps their writes whole.
@@ -137,27 +141,81 @@ class _HTTPError(Exception):
 class EngineServer:
     """Serves one Engine.IO application on one port."""
 
-    def __init__(self, app: EngineApp, config: Config) -> None:
+    def __init__(self, app: EngineApp, config: Config, metrics: Registry | None = None) -> None:
         self.app = app
         self.config = config
         self.sessions: dict[str, EngineSocket] = {}
+        self.metrics = metrics or Registry()
+        self.draining = False
+        self.connections = 0  # open TCP connections
+        self._per_address: dict[str, int] = {}
+        self._proxies = ProxyTrust(config.trusted_proxies)
+        self._static = StaticFiles(config.static) if config.static else None
         self._nursery: trio.Nursery | None = None
+        self._accept_scope: trio.CancelScope | None = None
+        self._sessions_gone = trio.Event()  # set when draining and the last session has ended
         self._path = config.path
         self._path_noslash = config.path.rstrip("/")
-        self.http_handlers: dict[str, Callable[[h11.Request], Awaitable[tuple[int, list[tuple[str, str]], bytes]]]] = {}
+        self.refused = self.metrics.add(Counter(
+            "callbox_http_refused_total",
+            "Connections and requests refused or cut off, by reason.",
+            ["reason"],
+            initial=[(r,) for r in ("max_connections", "max_connections_per_address", "head_timeout",
+                                    "bad_request", "draining")],
+        ))
+        self.metrics.add(Gauge(
+            "callbox_connections", "Open Engine.IO sessions by transport.", ["transport"], fn=self._count_transports
+        ))
+        self.metrics.add(Gauge(
+            "callbox_tcp_connections", "Open TCP connections.", fn=lambda: {(): float(self.connections)}
+        ))
+
+    def _count_transports(self) -> dict[tuple[str, ...], float]:
+        counts: dict[tuple[str, ...], float] = {("polling",): 0.0, ("websocket",): 0.0}
+        for sock in self.sessions.values():
+            counts[(sock.transport,)] += 1
+        return counts
 
     # -- running ----------------------------------------------------------------------------
 
     async def serve(
         self, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Listen and serve until cancelled. ``task_status.started`` gets the listeners."""
-        listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host or None)
+        """Listen and serve until cancelled. ``task_status.started`` gets the (TCP) listeners."""
+        cfg = self.config
+        listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host or None)
+        serving: list[Any] = list(listeners)
+        if cfg.tls_cert:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+            context.set_alpn_protocols(["http/1.1"])
+            serving = [trio.SSLListener(lst, context, https_compatible=True) for lst in listeners]
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self.app.run)
-            await nursery.start(trio.serve_listeners, self._handle_connection, listeners)
-            task_status.started(listeners)
+            with trio.CancelScope() as self._accept_scope:
+                # Connections live in the server nursery, not the accept loop's, so that stopping
+                # the accept loop (at shutdown) leaves open connections to close cleanly.
+                await nursery.start(
+                    partial(trio.serve_listeners, self._handle_connection, serving, handler_nursery=nursery)
+                )
+                task_status.started(listeners)
+                await trio.sleep_forever()
+
+    async def shutdown(self) -> None:
+        """Drain: stop accepting, fail /readyz, let the app end its work, close every session
+        (what is queued is still delivered), and return once all are gone. Bound it with a
+        cancel scope; whatever is left then is cut off by cancelling :meth:`serve`."""
+        self.draining = True
+        if self._accept_scope is not None:
+            self._accept_scope.cancel()
+        shutdown = getattr(self.app, "shutdown", None)
+        if shutdown is not None:
+            await shutdown()
+        for sock in list(self.sessions.values()):
+            sock.close(CloseReason.SERVER_SHUTDOWN)
+        if self.sessions:
+            await self._sessions_gone.wait()
 
     def _start_session(self, sock: EngineSocket) -> None:
         assert self._nursery is not None
@@ -188,6 +246,8 @@ class EngineServer:
                     sock._lot.unpark_all()  # a ping for a pending poll
         finally:
             self.sessions.pop(core.sid, None)
+            if self.draining and not self.sessions:
+                self._sessions_gone.set()
             if sock._ws_scope is not None:
                 sock._ws_scope.cancel()
             sock._lot.unpark_all()
@@ -219,19 +279,37 @@ class EngineServer:
 
     # -- HTTP ---------------------------------------------------------------------------------
 
-    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+    async def _handle_connection(self, stream: Any) -> None:
+        cfg = self.config
         try:
-            peer = stream.socket.getpeername()
+            peer = getattr(stream, "transport_stream", stream).socket.getpeername()
             remote = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         except OSError:
             return
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
+        self.connections += 1
+        counted: str | None = None  # the client address this connection counts against
         try:
             while True:
-                event = await self._next_event(conn, stream)
+                first = counted is None
+                with trio.move_on_after(cfg.request_head_timeout if first else cfg.keepalive_timeout) as scope:
+                    event = await self._next_event(conn, stream)
+                if scope.cancelled_caught:
+                    if first or conn.trailing_data[0]:
+                        self.refused.inc("head_timeout")  # slow-loris, or a silent client
+                    return  # an idle keep-alive connection just closes
                 if not isinstance(event, h11.Request):
                     return
-                keep_going = await self._handle_request(conn, stream, event, remote)
+                if first:
+                    counted = self._proxies.client_address(remote, event.headers)
+                    refusal = self._admit(counted)
+                    if refusal is not None:
+                        counted = None
+                        self.refused.inc(refusal)
+                        await self._send_simple(conn, stream, 503, b"Too many connections\n")
+                        return
+                    self._per_address[counted] = self._per_address.get(counted, 0) + 1
+                keep_going = await self._handle_request(conn, stream, event, counted or remote)
                 if not keep_going or conn.our_state is h11.MUST_CLOSE:
                     return
                 try:
@@ -239,16 +317,33 @@ class EngineServer:
                 except h11.LocalProtocolError:
                     return
         except h11.RemoteProtocolError as exc:
+            self.refused.inc("bad_request")
             await self._send_simple(conn, stream, exc.error_status_hint, b"Bad request\n")
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:
-            log.exception("connection from %s failed", remote)
+            log.exception("connection failed", extra={"fields": {"remote": remote}})
         finally:
+            self.connections -= 1
+            if counted is not None:
+                left = self._per_address[counted] - 1
+                if left:
+                    self._per_address[counted] = left
+                else:
+                    del self._per_address[counted]
             with trio.CancelScope(shield=True):
-                await stream.aclose()
+                with trio.move_on_after(1):
+                    await stream.aclose()
 
-    async def _next_event(self, conn: h11.Connection, stream: trio.SocketStream) -> Any:
+    def _admit(self, address: str) -> str | None:
+        """Why a new connection from ``address`` is refused, or None to let it in."""
+        if self.connections > self.config.max_connections:
+            return "max_connections"
+        if self._per_address.get(address, 0) >= self.config.max_connections_per_address:
+            return "max_connections_per_address"
+        return None
+
+    async def _next_event(self, conn: h11.Connection, stream: Any) -> Any:
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
@@ -257,7 +352,7 @@ class EngineServer:
                 continue
             return event
 
-    async def _send(self, conn: h11.Connection, stream: trio.SocketStream, status: int,
+    async def _send(self, conn: h11.Connection, stream: Any, status: int,
                     headers: list[tuple[str, str]], body: bytes) -> None:
         headers = [*headers, ("Content-Length", str(len(body)))]
         data = conn.send(h11.Response(status_code=status, headers=headers))
@@ -268,7 +363,7 @@ class EngineServer:
         out.append(conn.send(h11.EndOfMessage()) or b"")
         await stream.send_all(b"".join(out))
 
-    async def _send_simple(self, conn: h11.Connection, stream: trio.SocketStream, status: int, body: bytes) -> None:
+    async def _send_simple(self, conn: h11.Connection, stream: Any, status: int, body: bytes) -> None:
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
         try:
@@ -297,19 +392,13 @@ class EngineServer:
             ]
         return None
 
-    async def _handle_request(self, conn: h11.Connection, stream: trio.SocketStream,
+    async def _handle_request(self, conn: h11.Connection, stream: Any,
                               request: h11.Request, remote: str) -> bool:
         target = request.target.decode("latin-1")
         path, _, query_string = target.partition("?")
         if path != self._path and path != self._path_noslash:
-            handler = self.http_handlers.get(path)
-            if handler is not None and request.method in (b"GET", b"HEAD"):
-                await self._drain_body(conn, stream, 0)
-                status, headers, body = await handler(request)
-                await self._send(conn, stream, status, headers, body)
-                return True
             await self._drain_body(conn, stream, 0)
-            await self._send(conn, stream, 404, [("Content-Type", "text/plain")], b"Not found\n")
+            await self._plain_http(conn, stream, request.method, path)
             return True
         cors = self._cors_headers(request)
         try:
@@ -332,6 +421,9 @@ class EngineServer:
             if query.get("EIO") != "4":
                 raise _HTTPError(400, 5)
             sid = query.get("sid")
+            if sid is None and self.draining:
+                self.refused.inc("draining")
+                raise _HTTPError(503, 3)
             is_upgrade = any(n == b"upgrade" and v.lower() == b"websocket" for n, v in request.headers)
             if transport == "websocket":
                 if not is_upgrade or request.method != b"GET":
@@ -362,7 +454,38 @@ class EngineServer:
             await self._send(conn, stream, err.status, headers, _error_body(err.code))
             return conn.their_state is h11.DONE
 
-    async def _drain_body(self, conn: h11.Connection, stream: trio.SocketStream, limit: int,
+    async def _plain_http(self, conn: h11.Connection, stream: Any, method: bytes, path: str) -> None:
+        """Health, readiness, metrics and static files."""
+        text = [("Content-Type", "text/plain; charset=utf-8")]
+        if method not in (b"GET", b"HEAD"):
+            await self._send(conn, stream, 405, [*text, ("Allow", "GET, HEAD")], b"Method not allowed\n")
+        elif path == "/healthz":
+            await self._send(conn, stream, 200, text, b"ok\n")
+        elif path == "/readyz":
+            if self.draining:
+                await self._send(conn, stream, 503, text, b"draining\n")
+            else:
+                await self._send(conn, stream, 200, text, b"ready\n")
+        elif path == "/metrics":
+            body = self.metrics.render()
+            await self._send(conn, stream, 200, [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], body)
+        elif self._static is not None and (file := self._static.resolve(path)) is not None:
+            await self._send_file(conn, stream, method, file)
+        else:
+            await self._send(conn, stream, 404, text, b"Not found\n")
+
+    async def _send_file(self, conn: h11.Connection, stream: Any, method: bytes, file: str) -> None:
+        async with await trio.open_file(file, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            headers = [("Content-Type", StaticFiles.content_type(file)), ("Content-Length", str(size)),
+                       ("Cache-Control", "no-cache")]
+            await stream.send_all(conn.send(h11.Response(status_code=200, headers=headers)) or b"")
+            if method == b"GET":
+                while chunk := await f.read(RECEIVE_SIZE):
+                    await stream.send_all(conn.send(h11.Data(data=chunk)) or b"")
+            await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
+
+    async def _drain_body(self, conn: h11.Connection, stream: Any, limit: int,
                           *, tolerate: bool = False) -> bytes:
         """Read the request body, refusing more than ``limit`` bytes."""
         chunks: list[bytes] = []
@@ -406,7 +529,7 @@ class EngineServer:
             log.exception("open handler failed for session %s", sock.sid)
             sock._lose(CloseReason.TRANSPORT_ERROR)
 
-    async def _poll(self, conn: h11.Connection, stream: trio.SocketStream, sock: EngineSocket,
+    async def _poll(self, conn: h11.Connection, stream: Any, sock: EngineSocket,
                     cors: list[tuple[str, str]]) -> bool:
         core = sock.core
         try:
@@ -444,7 +567,7 @@ class EngineServer:
         await self._send(conn, stream, 200, [*cors, ("Content-Type", "text/plain; charset=UTF-8")], body)
         return True
 
-    async def _post(self, conn: h11.Connection, stream: trio.SocketStream, request: h11.Request,
+    async def _post(self, conn: h11.Connection, stream: Any, request: h11.Request,
                     sock: EngineSocket, cors: list[tuple[str, str]]) -> bool:
         core = sock.core
         try:
@@ -476,7 +599,7 @@ class EngineServer:
 
     # -- WebSocket ----------------------------------------------------------------------------
 
-    async def _websocket(self, conn: h11.Connection, stream: trio.SocketStream, request: h11.Request,
+    async def _websocket(self, conn: h11.Connection, stream: Any, request: h11.Request,
                          sid: str | None, remote: str) -> None:
         key = next((v for n, v in request.headers if n == b"sec-websocket-key"), None)
         if key is None:
@@ -517,12 +640,12 @@ class EngineServer:
                 return
         await self._read_ws(sock, ws, stream)
 
-    def _attach_ws(self, sock: EngineSocket, ws: WSConnection, stream: trio.SocketStream) -> None:
+    def _attach_ws(self, sock: EngineSocket, ws: WSConnection, stream: Any) -> None:
         sock._ws = ws
         sock._stream = stream
         sock._wlock = trio.Lock()
 
-    async def _read_ws(self, sock: EngineSocket, ws: WSConnection, stream: trio.SocketStream) -> None:
+    async def _read_ws(self, sock: EngineSocket, ws: WSConnection, stream: Any) -> None:
         """Read frames until the WebSocket or the session ends; messages go to the app inline."""
         core = sock.core
         max_payload = self.config.max_payload
@@ -596,7 +719,7 @@ class EngineServer:
                 elif sock._ws is ws:
                     sock._lose(reason)
 
-    async def _send_control(self, sock: EngineSocket, stream: trio.SocketStream, frames: list[bytes],
+    async def _send_control(self, sock: EngineSocket, stream: Any, frames: list[bytes],
                             upgrading: bool) -> None:
         if upgrading or sock._wlock is None:
             await stream.send_all(b"".join(frames))

@@ -296,6 +296,7 @@ class SocketIO:
         self._pending: collections.deque[_Client] = collections.deque()
         self._pending_lot = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
+        self._shutdown_handlers: list[Handler] = []
 
     def of(self, name: str) -> Namespace:
         """The namespace ``name``, registered on first use. Unregistered ones are refused."""
@@ -321,6 +322,24 @@ class SocketIO:
 
     def emit(self, event: str, *args: Any, room: str | None = None, skip: Socket | None = None) -> int:
         return self.namespaces["/"].emit(event, *args, room=room, skip=skip)
+
+    def on_shutdown(self, fn: Handler) -> Handler:
+        """``handler()`` runs when the server drains, before every socket is disconnected."""
+        self._shutdown_handlers.append(fn)
+        return fn
+
+    async def shutdown(self) -> None:
+        """Run the shutdown handlers, then disconnect every socket (the client is told, and its
+        disconnect handler gets "server shutting down")."""
+        for fn in self._shutdown_handlers:
+            try:
+                await _call(fn)
+            except Exception:
+                log.exception("shutdown handler failed")
+        for ns in self.namespaces.values():
+            for sock in list(ns.sockets.values()):
+                sock.client.send_packet([encode_packet(PacketType.DISCONNECT, ns.name)])
+                await sock.client.remove_socket(sock, CloseReason.SERVER_SHUTDOWN.value)
 
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``fn(*args)`` as a task of the server (for work that must not block a client's
