@@ -8,7 +8,14 @@ from .packet import (
     encode_payload,
     encode_text_packet,
 )
-from .session import CloseReason, EngineSession, IllegalTransition, PollConflict, SessionState
+from .session import (
+    CloseReason,
+    EngineSession,
+    IllegalTransition,
+    PollConflict,
+    SessionState,
+    TransportMismatch,
+)
 
 __all__ = [
     "CloseReason",
@@ -18,6 +25,7 @@ __all__ = [
     "PacketType",
     "PollConflict",
     "SessionState",
+    "TransportMismatch",
     "decode_payload",
     "decode_text_packet",
     "encode_payload",

@@ -39,7 +39,15 @@ from .packet import (
     encode_polling_packet,
 )
 
-__all__ = ["SessionState", "EngineSession", "CloseReason", "Handshake", "IllegalTransition", "PollConflict"]
+__all__ = [
+    "CloseReason",
+    "EngineSession",
+    "Handshake",
+    "IllegalTransition",
+    "PollConflict",
+    "SessionState",
+    "TransportMismatch",
+]
 
 # How long a session closed by the server waits for its close packet to be fetched by a poll (or
 # written to its WebSocket) before it is dropped anyway. A polling client polls again at once, so
@@ -98,6 +106,11 @@ class Handshake(msgspec.Struct, frozen=True):
 
 
 _handshake_encoder = msgspec.json.Encoder()
+
+
+class TransportMismatch(EngineIOProtocolError):
+    """A request for a transport this session is not on (e.g. a poll after the upgrade). The
+    request is refused; the session is left alone (a stale or forged request must not end it)."""
 
 
 class PollConflict(Exception):
@@ -275,7 +288,7 @@ class EngineSession:
     def receive_payload(self, body: bytes, now: float) -> list[str | bytes]:
         """A polling POST body. Returns the messages in it, in order."""
         if self.state not in (_S.POLLING, _S.UPGRADING):
-            raise EngineIOProtocolError("POST on a session that is not polling")
+            raise TransportMismatch("POST on a session that is not polling")
         messages = []
         for packet in decode_payload(body):
             msg = self._receive_packet(packet, now, websocket=False)
@@ -303,7 +316,7 @@ class EngineSession:
     def begin_poll(self, now: float) -> None:
         """A GET arrived. Two at once is a client bug: the session closes, the second gets 400."""
         if self.state not in (_S.POLLING, _S.UPGRADING, _S.CLOSING):
-            raise EngineIOProtocolError("GET on a session that is not polling")
+            raise TransportMismatch("GET on a session that is not polling")
         if self._poll_pending:
             if self.is_open:
                 self.close_reason = CloseReason.TRANSPORT_ERROR

@@ -47,6 +47,7 @@ from ..engineio import (
     EngineSession,
     PollConflict,
     SessionState,
+    TransportMismatch,
 )
 from ..metrics import Counter, Gauge, Registry
 from .http import ProxyTrust, StaticFiles
@@ -577,6 +578,8 @@ class EngineServer:
             raise
         try:
             messages = core.receive_payload(body, trio.current_time())
+        except TransportMismatch:
+            raise _HTTPError(400, 3) from None
         except EngineIOProtocolError as exc:
             log.info("session %s: %s", sock.sid, exc)
             sock._lose(CloseReason.PARSE_ERROR)
