@@ -13,6 +13,7 @@ above decodes what it routes on and forwards the rest byte for byte. Malformed i
 from __future__ import annotations
 
 import enum
+import re
 from typing import Any
 
 import msgspec
@@ -78,6 +79,7 @@ _any = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 _TYPES = {str(t.value): t for t in PacketType}
 _DIGITS = frozenset("0123456789")
+_NAMESPACE_END = re.compile(r"[,\[{]")
 
 
 class Decoder:
@@ -112,7 +114,10 @@ class Decoder:
             return None
         packet, buffers = self._pending, self._buffers
         self._pending, self._buffers, self._expected = None, [], 0
-        packet.data = _fill_placeholders(packet.data, buffers)
+        try:
+            packet.data = _fill_placeholders(packet.data, buffers)
+        except RecursionError:
+            raise SocketIOProtocolError("JSON nested too deeply") from None
         return packet
 
 
@@ -135,12 +140,10 @@ def _decode(text: str) -> tuple[Packet, int]:
         i = dash + 1
     namespace = "/"
     if i < n and text[i] == "/":
-        end = text.find(",", i)
-        if end < 0:  # no comma: the namespace runs to the JSON, or to the end
-            end = next((k for k in range(i, n) if text[k] in "{["), n)
-            rest = end
-        else:
-            rest = end + 1
+        # The namespace ends at its comma, or (a lenient client) where the JSON starts.
+        match = _NAMESPACE_END.search(text, i)
+        end = match.start() if match else n
+        rest = end + 1 if match and match.group() == "," else end
         namespace = text[i:end].split("?", 1)[0]
         if len(namespace) > MAX_NAMESPACE_LENGTH:
             raise SocketIOProtocolError("namespace too long")
@@ -177,6 +180,8 @@ def _decode(text: str) -> tuple[Packet, int]:
             _check_args(ptype, ack_id, packet.data)
     except msgspec.DecodeError as exc:
         raise SocketIOProtocolError(f"invalid JSON: {exc}") from exc
+    except RecursionError:
+        raise SocketIOProtocolError("JSON nested too deeply") from None
     return packet, attachments
 
 
