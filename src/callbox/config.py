@@ -64,6 +64,25 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     keepalive_timeout: float = 5.0
     # Proxies whose X-Forwarded-For is believed (addresses or CIDR networks).
     trusted_proxies: tuple[str, ...] = ()
+    # An offer or answer ({type, sdp}) as sent: browser SDPs run 3-20 KB (more with many codecs,
+    # simulcast and data channels); 64 KiB fits any real one with room.
+    max_sdp_bytes: int = 65536
+    # An RTCIceCandidateInit ({candidate, sdpMid, sdpMLineIndex, usernameFragment}) is about 300 bytes.
+    max_candidate_bytes: int = 4096
+    # Call attempts per user (token bucket): a burst of 10, refilled at 10 a minute. Far above what a
+    # person dials; what stops a client from ringing every user it can name.
+    initiate_burst: int = 10
+    initiate_per_minute: float = 10.0
+    # Token auth: with a secret, a client must CONNECT with auth {token: <HS256 JWT>} whose sub
+    # is its user id. Empty: the server is open (and says so at start-up).
+    auth_secret: str = ""
+    # TURN REST API credentials (coturn's use-auth-secret): user:joined carries iceServers.
+    turn_secret: str = ""
+    turn_urls: tuple[str, ...] = ()
+    stun_urls: tuple[str, ...] = ()
+    # How long issued TURN credentials stay valid; a call longer than this loses its relay on the
+    # next allocation refresh, so a day is the usual choice.
+    turn_ttl: int = 86400
 
     def __post_init__(self) -> None:
         for s in SETTINGS:
@@ -76,6 +95,8 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
             path = getattr(self, name)
             if path and not os.access(path, os.R_OK):
                 raise ConfigError(f"{name}: cannot read {path!r}")
+        if self.turn_urls and not self.turn_secret:
+            raise ConfigError("turn_urls: TURN URLs need turn_secret to issue credentials")
         if self.static and not os.path.isdir(self.static):
             raise ConfigError(f"static: {self.static!r} is not a folder")
         for proxy in self.trusted_proxies:
@@ -96,6 +117,7 @@ class Setting:
     unit: str = ""
     valid: Callable[[Any], bool] | None = None
     rule: str = ""
+    secret: bool = False  # never echoed in errors or logs
 
     @property
     def flag(self) -> str:
@@ -107,7 +129,8 @@ class Setting:
 
     def check(self, value: Any) -> None:
         if self.valid is not None and not self.valid(value):
-            raise ConfigError(f"{self.name}: {value!r} is out of range ({self.rule})")
+            shown = "the value" if self.secret else repr(value)
+            raise ConfigError(f"{self.name}: {shown} is out of range ({self.rule})")
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -135,6 +158,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("request_head_timeout", "seconds for a request head to arrive", "s", _positive, "> 0"),
     Setting("keepalive_timeout", "seconds an idle keep-alive connection stays open", "s", _positive, "> 0"),
     Setting("trusted_proxies", "proxies whose X-Forwarded-For is trusted, comma separated (addresses or CIDRs)"),
+    Setting("max_sdp_bytes", "largest relayed offer or answer", "bytes", lambda v: 256 <= v <= 1 << 24, "256 B-16 MiB"),
+    Setting(
+        "max_candidate_bytes", "largest relayed ICE candidate", "bytes", lambda v: 64 <= v <= 1 << 20, "64 B-1 MiB"
+    ),
+    Setting("initiate_burst", "call attempts a user may make at once", "", lambda v: v >= 1, ">= 1"),
+    Setting("initiate_per_minute", "call attempts a user regains per minute", "/min", _positive, "> 0"),
+    Setting("auth_secret", "HS256 secret for client JWTs (empty: no auth); prefer the env or file to a flag", "",
+            lambda v: v == "" or len(v.encode()) >= 32, "empty, or at least 32 bytes (RFC 7518 3.2)", secret=True),
+    Setting("turn_secret", "TURN REST API shared secret (coturn static-auth-secret)", secret=True),
+    Setting("turn_urls", "TURN server URLs given to clients, comma separated"),
+    Setting("stun_urls", "STUN server URLs given to clients, comma separated"),
+    Setting("turn_ttl", "lifetime of issued TURN credentials", "s", lambda v: 60 <= v <= 7 * 86400, "60 s-7 days"),
 )
 
 
