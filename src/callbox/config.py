@@ -249,7 +249,7 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
     parser.add_argument("--config", metavar="FILE", help="TOML file of settings (env CALLBOX_CONFIG)")
     for s in SETTINGS:
         default = getattr(defaults, s.name)
-        shown = ",".join(default) if isinstance(default, tuple) else default
+        shown = (",".join(default) if isinstance(default, tuple) else default) if default not in ("", ()) else "none"
         unit = f" {s.unit}" if s.unit else ""
         parser.add_argument(
             s.flag,
