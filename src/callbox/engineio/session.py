@@ -53,6 +53,9 @@ __all__ = [
 # written to its WebSocket) before it is dropped anyway. A polling client polls again at once, so
 # a couple of seconds covers a slow link; longer only keeps dead sessions around.
 CLOSE_FLUSH_TIMEOUT = 3.0
+# An upgrade that has not finished (probe answered, then "5") within this is abandoned: the
+# session stays on polling and the probing WebSocket is closed. engine.io's upgradeTimeout.
+UPGRADE_TIMEOUT = 10.0
 
 _PING = "2"
 _CLOSE = "1"
@@ -134,6 +137,8 @@ class EngineSession:
         "_close_by",
         "_poll_pending",
         "_probed",
+        "_noop_sent",
+        "_upgrade_by",
     )
 
     def __init__(
@@ -159,6 +164,8 @@ class EngineSession:
         self._close_by: float | None = None
         self._poll_pending = False
         self._probed = False
+        self._noop_sent = False  # the GET pending at the probe was released with a noop
+        self._upgrade_by: float | None = None
 
     # -- state --------------------------------------------------------------------------------
 
@@ -210,7 +217,8 @@ class EngineSession:
             return math.inf
         if self._close_by is not None:
             return self._close_by
-        return self._pong_by if self._pong_by is not None else self._ping_at
+        heartbeat = self._pong_by if self._pong_by is not None else self._ping_at
+        return heartbeat if self._upgrade_by is None else min(heartbeat, self._upgrade_by)
 
     def handle_timeout(self, now: float) -> None:
         """Act on whatever deadline has passed: ping, declare the peer dead, or drop the session."""
@@ -220,6 +228,8 @@ class EngineSession:
             if now >= self._close_by:
                 self.lost(self.close_reason or CloseReason.FORCED_CLOSE)
             return
+        if self._upgrade_by is not None and now >= self._upgrade_by:
+            self.upgrade_failed()
         if self._pong_by is not None:
             if now >= self._pong_by:
                 self.lost(CloseReason.PING_TIMEOUT)
@@ -332,14 +342,18 @@ class EngineSession:
         """True when a pending GET has something to return (or must be released)."""
         if self.state is _S.CLOSED:
             return True
-        if self.state is _S.UPGRADING and self._probed:
+        if self.state is _S.UPGRADING and self._probed and not self._noop_sent:
             return True
         return bool(self._outbox)
 
     def finish_poll(self) -> bytes:
         """The body for the pending GET: everything queued, or a noop to release it."""
         self._poll_pending = False
-        if self.state is _S.CLOSED or (self.state is _S.UPGRADING and self._probed):
+        if self.state is _S.UPGRADING and self._probed and not self._noop_sent:
+            # Released once, so the client stops polling; later GETs get data as usual.
+            self._noop_sent = True
+            return _NOOP.encode()
+        if self.state is _S.CLOSED:
             return _NOOP.encode()
         out = self.take_output()
         return RECORD_SEPARATOR.join(
@@ -353,12 +367,14 @@ class EngineSession:
 
     # -- upgrade ------------------------------------------------------------------------------
 
-    def begin_upgrade(self) -> None:
+    def begin_upgrade(self, now: float) -> None:
         """A WebSocket arrived for this polling session. Any other state refuses it."""
         if self.state is not _S.POLLING:
             raise EngineIOProtocolError(f"WebSocket for a session that is {self.state.value}")
         self._move(_S.UPGRADING)
         self._probed = False
+        self._noop_sent = False
+        self._upgrade_by = now + UPGRADE_TIMEOUT
 
     def _receive_upgrade_frame(self, text: str) -> str | None:
         if text == "2probe" and not self._probed:
@@ -366,11 +382,13 @@ class EngineSession:
             return _PROBE_ANSWER
         if text == "5" and self._probed:
             self._move(_S.WEBSOCKET)
+            self._upgrade_by = None
             return None
         raise EngineIOProtocolError(f"unexpected frame during upgrade: {text[:16]!r}")
 
     def upgrade_failed(self) -> None:
-        """The probing WebSocket went away before ``5``: stay on polling."""
+        """The probing WebSocket went away, or took too long, before ``5``: stay on polling."""
+        self._upgrade_by = None
         if self.state is _S.UPGRADING:
             self._move(_S.POLLING)
             self._probed = False

@@ -245,6 +245,8 @@ class EngineServer:
                 core.handle_timeout(trio.current_time())
                 if core.has_output and not had_output:
                     sock._lot.unpark_all()  # a ping for a pending poll
+                if sock._ws is None and sock._ws_scope is not None and core.state is SessionState.POLLING:
+                    sock._ws_scope.cancel()  # an upgrade that timed out: close its probe
         finally:
             self.sessions.pop(core.sid, None)
             if self.draining and not self.sessions:
@@ -636,7 +638,7 @@ class EngineServer:
             await self._call_open(sock)
         else:
             try:
-                sock.core.begin_upgrade()
+                sock.core.begin_upgrade(trio.current_time())
             except EngineIOProtocolError:
                 # Not a polling session (already upgraded, or upgrading): this WebSocket is refused.
                 await stream.send_all(ws.send(CloseConnection(code=WSCloseCode.POLICY_VIOLATION)))
@@ -658,8 +660,7 @@ class EngineServer:
         upgrading = sock._ws is not ws
         control: list[bytes] = []  # frames the reader answers itself (pong, close, 3probe)
         with trio.CancelScope() as scope:
-            if not upgrading:
-                sock._ws_scope = scope
+            sock._ws_scope = scope  # the session's end (or a stalled upgrade) closes this WebSocket
             try:
                 while True:
                     data = await stream.receive_some(RECEIVE_SIZE)
@@ -687,7 +688,6 @@ class EngineServer:
                                     sock._lot.unpark_all()  # release a pending poll with a noop
                                 elif upgrading and core.state is SessionState.WEBSOCKET:
                                     upgrading = False
-                                    sock._ws_scope = scope
                                     self._attach_ws(sock, ws, stream)
                                     sock._lot.unpark_all()  # flush what waited during the upgrade
                             else:
@@ -717,6 +717,8 @@ class EngineServer:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             finally:
+                if sock._ws_scope is scope:
+                    sock._ws_scope = None
                 if upgrading:
                     sock.core.upgrade_failed()
                 elif sock._ws is ws:

@@ -61,7 +61,7 @@ class DisconnectReason:
 class Socket:
     """One client connected to one namespace."""
 
-    __slots__ = ("id", "namespace", "client", "auth", "rooms", "state", "_connected")
+    __slots__ = ("ack_requested", "auth", "client", "id", "namespace", "rooms", "state", "_connected")
 
     def __init__(self, namespace: Namespace, client: _Client, auth: Any) -> None:
         self.id = secrets.token_urlsafe(15)
@@ -70,6 +70,9 @@ class Socket:
         self.auth = auth
         self.rooms: set[str] = set()
         self.state: Any = None  # the application's own data for this socket
+        # True while an event handler runs for an event the client sent with an ack callback:
+        # the handler's return value is then the ack.
+        self.ack_requested = False
         self._connected = False
 
     @property
@@ -421,14 +424,18 @@ class SocketIO:
         data = packet.data
         name = data[0] if binary else _json.decode(data[0])
         entry = ns._handlers.get(name)
-        if entry is not None:
-            fn, raw = entry
-            args = data[1:] if (raw or binary) else [_json.decode(a) for a in data[1:]]
-            result = await _call(fn, sock, *args)
-        elif ns._any is not None:
-            result = await _call(ns._any, sock, name, *data[1:])
-        else:
-            return
+        sock.ack_requested = packet.id is not None
+        try:
+            if entry is not None:
+                fn, raw = entry
+                args = data[1:] if (raw or binary) else [_json.decode(a) for a in data[1:]]
+                result = await _call(fn, sock, *args)
+            elif ns._any is not None:
+                result = await _call(ns._any, sock, name, *data[1:])
+            else:
+                return
+        finally:
+            sock.ack_requested = False
         if packet.id is not None and sock._connected:
             if result is None:
                 ack_args: list[Any] = []
