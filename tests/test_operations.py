@@ -334,3 +334,11 @@ s.on("connect", () => console.log("connected"));
 s.on("disconnect", (reason) => { console.log("disconnect " + reason); process.exit(0); });
 setTimeout(() => process.exit(3), 20000);
 """
+
+
+def test_readme_documents_every_setting() -> None:
+    from callbox.config import SETTINGS
+
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    missing = [s.flag for s in SETTINGS if f"`{s.flag}` / `{s.env}`" not in readme]
+    assert not missing, f"README's settings table lacks {missing}"
