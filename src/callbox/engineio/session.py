@@ -63,6 +63,13 @@ _NOOP = "6"
 _PROBE_ANSWER = "3probe"
 
 
+def _wire_size(item: str | bytes) -> int:
+    """Bytes an outbox item takes on the wire (str.isascii is O(1) for ASCII strings)."""
+    if isinstance(item, bytes) or item.isascii():
+        return len(item)
+    return len(item.encode("utf-8"))
+
+
 class SessionState(enum.Enum):
     POLLING = "polling"
     UPGRADING = "upgrading"
@@ -236,7 +243,7 @@ class EngineSession:
             return
         if now >= self._ping_at:
             self._pong_by = now + self.ping_timeout
-            self._enqueue(_PING)
+            self._enqueue(_PING, 1)
 
     def _pong(self, now: float) -> None:
         if self._pong_by is not None:  # an unsolicited pong changes nothing
@@ -245,9 +252,9 @@ class EngineSession:
 
     # -- outbox -------------------------------------------------------------------------------
 
-    def _enqueue(self, item: str | bytes) -> None:
+    def _enqueue(self, item: str | bytes, size: int) -> None:
         self._outbox.append(item)
-        self._outbox_bytes += len(item)
+        self._outbox_bytes += size
 
     def send(self, data: str | bytes, now: float) -> bool:
         """Queue a message. False if the session is no longer open (nothing was queued).
@@ -258,10 +265,11 @@ class EngineSession:
         if not self.is_open:
             return False
         item = data if isinstance(data, bytes) else "4" + data
-        if self._outbox_bytes + len(item) > self.max_outbox_bytes and self._outbox:
+        size = _wire_size(item)
+        if self._outbox_bytes + size > self.max_outbox_bytes and self._outbox:
             self.lost(CloseReason.OUTBOX_FULL)
             return False
-        self._enqueue(item)
+        self._enqueue(item, size)
         return True
 
     @property
