@@ -232,21 +232,11 @@ class EngineServer:
     async def _run_session(self, sock: EngineSocket) -> None:
         core = sock.core
         try:
-            while core.state is not SessionState.CLOSED:
-                if sock._ws is not None and core.has_output and core.state in (
-                    SessionState.WEBSOCKET,
-                    SessionState.CLOSING,
-                ):
-                    await self._flush_ws(sock)
-                    continue
-                with trio.move_on_at(core.next_deadline()):
-                    await sock._lot.park()
-                had_output = core.has_output
-                core.handle_timeout(trio.current_time())
-                if core.has_output and not had_output:
-                    sock._lot.unpark_all()  # a ping for a pending poll
-                if sock._ws is None and sock._ws_scope is not None and core.state is SessionState.POLLING:
-                    sock._ws_scope.cancel()  # an upgrade that timed out: close its probe
+            await self._session_loop(sock)
+        except Exception:
+            # A bug in one session must end that session only, never the server.
+            log.exception("session failed", extra={"fields": {"sid": core.sid}})
+            sock._lose(CloseReason.TRANSPORT_ERROR)
         finally:
             self.sessions.pop(core.sid, None)
             if self.draining and not self.sessions:
@@ -260,10 +250,33 @@ class EngineServer:
                 except Exception:
                     log.exception("close handler failed for session %s", core.sid)
 
+    async def _session_loop(self, sock: EngineSocket) -> None:
+        """Heartbeat, deadlines and WebSocket writes of one session, until it is closed."""
+        core = sock.core
+        while core.state is not SessionState.CLOSED:
+            if sock._ws is not None and core.has_output and core.state in (
+                SessionState.WEBSOCKET,
+                SessionState.CLOSING,
+            ):
+                await self._flush_ws(sock)
+                continue
+            with trio.move_on_at(core.next_deadline()):
+                await sock._lot.park()
+            had_output = core.has_output
+            core.handle_timeout(trio.current_time())
+            if core.has_output and not had_output:
+                sock._lot.unpark_all()  # a ping for a pending poll
+            if sock._ws is None and sock._ws_scope is not None and core.state is SessionState.POLLING:
+                sock._ws_scope.cancel()  # an upgrade that timed out: close its probe
+
     async def _flush_ws(self, sock: EngineSocket) -> None:
         ws, stream, lock = sock._ws, sock._stream, sock._wlock
         assert ws is not None and stream is not None and lock is not None
         items = sock.core.take_output()
+        if ws.state is not WSState.OPEN:
+            # The client's close frame came in while we had output queued: nobody will read it.
+            sock._lose(CloseReason.TRANSPORT_CLOSE)
+            return
         data = b"".join(
             [ws.send(TextMessage(data=x) if isinstance(x, str) else BytesMessage(data=x)) for x in items]
         )
