@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -12,21 +13,15 @@ import trio
 from .config import Config, ConfigError, parse_args
 from .logs import setup_logging
 from .server.engine import EngineServer
-from .server.socketio import Socket, SocketIO
+from .server.socketio import SocketIO
+from .signalling import create_app
 
 log = logging.getLogger("callbox")
 
 
 def build_app(config: Config) -> SocketIO:
-    """The default application: until signalling lands, an echo of every event on ``/``."""
-    app = SocketIO(config)
-
-    @app.on_any
-    async def echo(socket: Socket, event: str, *args: object) -> tuple[object, ...]:
-        socket.emit(event, *args)
-        return args
-
-    return app
+    """The default application: WebRTC call signalling on ``/`` (protocol/signalling.md)."""
+    return create_app(config)
 
 
 async def _run(config: Config) -> None:
@@ -52,6 +47,23 @@ async def _run(config: Config) -> None:
     log.info("stopped")
 
 
+def _raise_fd_limit(wanted: int) -> None:
+    """Each connection is a file descriptor; the usual soft limit (1024) is far below
+    max_connections, so raise it toward the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warning("file descriptor limit is below max_connections",
+                    extra={"fields": {"limit": soft, "max_connections": wanted - FD_HEADROOM}})
+
+
+# Descriptors beyond the connections: listeners, log files, the static files being sent.
+FD_HEADROOM = 64
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = parse_args(argv)
@@ -59,5 +71,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"callbox: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.log_format, config.log_level)
+    _raise_fd_limit(config.max_connections + FD_HEADROOM)
     trio.run(_run, config)
     return 0

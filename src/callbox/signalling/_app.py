@@ -1,0 +1,75 @@
+"""The signalling service on the Socket.IO application API (default namespace ``/``).
+
+Everything here goes through the public API: raw handlers (arguments as ``msgspec.Raw``), the
+namespace's sockets by id, ``Socket.emit`` / ``disconnect``, ``SocketIO.start_soon`` and
+``on_shutdown``. Each socket's :class:`Session` lives in ``socket.state``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from ..config import Config
+from ..server.socketio import Namespace, Socket, SocketIO
+from ._registry import Registry
+from ._service import Ack, Session, Signalling
+
+__all__ = ["create_app", "install"]
+
+
+class _SocketIOTransport:
+    def __init__(self, app: SocketIO, namespace: Namespace) -> None:
+        self.app = app
+        self.namespace = namespace
+
+    def send(self, sid: str, event: str, payload: msgspec.Struct) -> bool:
+        socket = self.namespace.sockets.get(sid)
+        return socket is not None and socket.emit(event, payload)
+
+    async def disconnect(self, sid: str) -> None:
+        socket = self.namespace.sockets.get(sid)
+        if socket is not None:
+            await socket.disconnect()
+
+    def start_soon(self, fn: Callable[..., Awaitable[object]], *args: Any) -> None:
+        self.app.start_soon(fn, *args)
+
+
+def install(app: SocketIO, registry: Registry | None = None) -> Signalling:
+    """Serve the signalling protocol on ``app``'s default namespace."""
+    namespace = app.of("/")
+    signalling = Signalling(_SocketIOTransport(app, namespace), registry, lambda: app.config)
+
+    @namespace.on_connect
+    async def connect(socket: Socket, auth: object) -> None:
+        socket.state = Session(socket.id)
+
+    def handler(event: str) -> Callable[..., Awaitable[Ack]]:
+        async def handle(socket: Socket, *args: object) -> Ack:
+            return await signalling.handle(socket.state, event, args, ack=socket.ack_requested)
+
+        return handle
+
+    for event in signalling.events:
+        namespace.on(event, raw=True)(handler(event))
+
+    @namespace.on_any
+    async def unknown(socket: Socket, event: str, *args: object) -> Ack:
+        return await signalling.handle(socket.state, event, args, ack=socket.ack_requested)
+
+    @namespace.on_disconnect
+    async def gone(socket: Socket, reason: str) -> None:
+        await signalling.closed(socket.state)
+
+    app.on_shutdown(signalling.shutdown)
+    return signalling
+
+
+def create_app(config: Config | None = None, registry: Registry | None = None) -> SocketIO:
+    """A Socket.IO application serving signalling (what ``callbox`` runs)."""
+    app = SocketIO(config)
+    install(app, registry)
+    return app

@@ -1,0 +1,328 @@
+"""The signalling service: requests in, events out, one ring timer per call.
+
+:class:`Signalling` knows the protocol (which event does what, who is told what) and owns the
+ringing timers; the registry decides what is allowed and holds the state; a :class:`Transport`
+delivers events to sessions. The Socket.IO wiring (:mod:`._app`) is one transport; tests drive the
+service directly with another.
+
+Each request is handled to the end in the task that read it, with no checkpoint while the
+registry changes, so two requests never interleave halfway. The only thing that outlives a request
+is a call's ring timer: a task started through the transport (the server's nursery) that holds one
+cancel scope whose deadline is the end of the ringing. Whatever ends the ringing (accept, reject,
+cancel, hang-up, a party leaving, shutdown) cancels that scope through :meth:`_stop_timer`, the
+only place that does, so no timer outlives the ringing of its call.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Final, Protocol, TypeVar
+
+import msgspec
+import trio
+
+from ..config import Config
+from ._errors import ErrorCode, SignallingError
+from ._payloads import (
+    USER_ID_RULE,
+    Accept,
+    AckError,
+    AckOk,
+    Answer,
+    AnswerRelay,
+    CallAccepted,
+    CallEnded,
+    CallIncoming,
+    CallInitiated,
+    CallRejected,
+    CallTimeout,
+    Candidate,
+    CandidateRelay,
+    End,
+    EndReason,
+    ErrorEvent,
+    Initiate,
+    Join,
+    Offer,
+    OfferRelay,
+    Reject,
+    UserJoined,
+)
+from ._ratelimit import RateLimiter
+from ._registry import Ended, MemoryRegistry, Registry
+from ._state import CallEvent, Outcome
+
+__all__ = ["Signalling", "Session", "Transport", "Ack"]
+
+Ack = AckOk | AckError
+T = TypeVar("T")
+
+# An unknown event name is echoed in the error; past this it is cut (a name is a few words).
+MAX_SHOWN_EVENT_NAME: Final = 64
+_NULL: Final = msgspec.Raw(b"null")
+_END_REASONS: Final[dict[Outcome, EndReason]] = {
+    Outcome.HANGUP: "hangup",
+    Outcome.CANCELLED: "cancelled",
+    Outcome.DISCONNECTED: "disconnected",
+    Outcome.REPLACED: "replaced",
+    Outcome.SERVER_SHUTDOWN: "server_shutdown",
+}
+
+
+class Transport(Protocol):
+    """Delivers events to sessions, by session id."""
+
+    def send(self, sid: str, event: str, payload: msgspec.Struct) -> bool:
+        """Emit ``event`` to session ``sid``; False if it is not connected (nothing sent)."""
+        ...
+
+    async def disconnect(self, sid: str) -> None:
+        """Disconnect session ``sid`` (its :meth:`Signalling.closed` runs meanwhile)."""
+        ...
+
+    def start_soon(self, fn: Callable[..., Awaitable[object]], *args: Any) -> None:
+        """Run a background task that lives no longer than the server."""
+        ...
+
+
+class Session:
+    """One connection's signalling state: its id, and the user id it holds once joined."""
+
+    __slots__ = ("sid", "user_id")
+
+    def __init__(self, sid: str) -> None:
+        self.sid = sid
+        self.user_id: str | None = None
+
+
+class _JoinLoose(msgspec.Struct):
+    userId: object = None
+
+
+_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
+    t: msgspec.json.Decoder(t) for t in (Join, Initiate, Accept, Reject, Offer, Answer, Candidate, End)
+}
+_join_loose = msgspec.json.Decoder(_JoinLoose)
+
+
+def _payload(args: Sequence[object], kind: type[T]) -> T:
+    if not args:
+        raise SignallingError(ErrorCode.INVALID_PAYLOAD, "A payload object is required")
+    raw = args[0]
+    if not isinstance(raw, msgspec.Raw):
+        raise SignallingError(ErrorCode.INVALID_PAYLOAD, "Binary payloads are not accepted")
+    try:
+        value: T = _decoders[kind].decode(raw)
+    except msgspec.ValidationError as exc:
+        raise SignallingError(ErrorCode.INVALID_PAYLOAD, str(exc)) from None
+    return value
+
+
+def _join_user_id(args: Sequence[object]) -> str:
+    try:
+        return _payload(args, Join).userId
+    except SignallingError as exc:
+        given: object = None
+        if args and isinstance(args[0], msgspec.Raw):
+            try:
+                given = _join_loose.decode(args[0]).userId
+            except msgspec.ValidationError:
+                pass
+        message = "User ID is required" if given is None or given == "" else USER_ID_RULE
+        raise SignallingError(exc.code, message) from None
+
+
+def _bounded(body: msgspec.Raw, limit: int, what: str, *, nullable: bool) -> None:
+    if len(body) > limit:
+        raise SignallingError(ErrorCode.INVALID_PAYLOAD, f"{what} is larger than {limit} bytes")
+    if not nullable and body == _NULL:
+        raise SignallingError(ErrorCode.INVALID_PAYLOAD, f"{what} is required")
+
+
+def new_call_id() -> str:
+    return secrets.token_urlsafe(16)
+
+
+class Signalling:
+    def __init__(
+        self,
+        transport: Transport,
+        registry: Registry | None = None,
+        settings: Callable[[], Config] = Config,
+    ) -> None:
+        self.transport = transport
+        self.registry: Registry = MemoryRegistry() if registry is None else registry
+        # Read at each use: callbox.serve() may hand the app its config after it was built.
+        self.settings = settings
+        self.limiter = RateLimiter()
+        self.timers: dict[str, trio.CancelScope] = {}  # call id -> its ringing deadline
+        self._ops: dict[str, Callable[[Session, Sequence[object]], Awaitable[AckOk]]] = {
+            "user:join": self._join,
+            "call:initiate": self._initiate,
+            "call:accept": self._accept,
+            "call:reject": self._reject,
+            "call:offer": self._offer,
+            "call:answer": self._answer,
+            "ice:candidate": self._candidate,
+            "call:end": self._end,
+        }
+
+    @property
+    def events(self) -> tuple[str, ...]:
+        return tuple(self._ops)
+
+    async def handle(self, session: Session, event: str, args: Sequence[object], *, ack: bool = False) -> Ack:
+        """Handle one client event; the result is its ack. A refusal also goes to the client as an
+        ``error`` event unless ``ack`` says the client asked for an ack (which then carries it)."""
+        try:
+            op = self._ops.get(event)
+            if op is None:
+                shown = event if len(event) <= MAX_SHOWN_EVENT_NAME else event[:MAX_SHOWN_EVENT_NAME] + "..."
+                raise SignallingError(ErrorCode.INVALID_PAYLOAD, f"Unknown event {shown!r}")
+            return await op(session, args)
+        except SignallingError as exc:
+            if not ack:
+                self.transport.send(session.sid, "error", ErrorEvent(exc.message, exc.code))
+            return AckError(False, exc.code, exc.message)
+
+    async def closed(self, session: Session) -> None:
+        """The session's connection went: its user goes offline, its call ends for the peer."""
+        if session.user_id is None:
+            return
+        ended = await self.registry.leave(session.user_id, session.sid)
+        if ended is not None:
+            self._ended(ended)
+
+    async def shutdown(self) -> None:
+        """End every call (reason ``server_shutdown``), before the server disconnects everyone."""
+        for ended in await self.registry.end_all(Outcome.SERVER_SHUTDOWN):
+            self._ended(ended)
+
+    # -- telling the parties ----------------------------------------------------------------------
+
+    def _both(self, call_sids: tuple[str, str], event: str, payload: msgspec.Struct) -> None:
+        for sid in call_sids:
+            self.transport.send(sid, event, payload)
+
+    def _ended(self, ended: Ended) -> None:
+        """A call is gone: its timer stops and both parties are told how it ended."""
+        call = ended.call
+        self._stop_timer(call.id)
+        sids = (call.caller_sid, call.callee_sid)
+        if ended.outcome is Outcome.REJECTED:
+            assert ended.by is not None
+            self._both(sids, "call:rejected", CallRejected(call.id, ended.by))
+        elif ended.outcome is Outcome.TIMEOUT:
+            self._both(sids, "call:timeout", CallTimeout(call.id))
+        else:
+            self._both(sids, "call:ended", CallEnded(call.id, ended.by, _END_REASONS[ended.outcome]))
+
+    # -- ring timers ------------------------------------------------------------------------------
+
+    def _start_timer(self, call_id: str, seconds: float) -> None:
+        scope = trio.CancelScope(deadline=trio.current_time() + seconds)
+        self.timers[call_id] = scope
+        self.transport.start_soon(self._ring, call_id, scope)
+
+    def _stop_timer(self, call_id: str) -> None:
+        scope = self.timers.pop(call_id, None)
+        if scope is not None:
+            scope.cancel()
+
+    async def _ring(self, call_id: str, scope: trio.CancelScope) -> None:
+        with scope:
+            await trio.sleep_forever()
+        if self.timers.get(call_id) is not scope:
+            return  # the ringing ended some other way, and that stopped this timer
+        del self.timers[call_id]
+        ended = await self.registry.time_out(call_id)
+        if ended is not None:
+            self._ended(ended)
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def _user(session: Session) -> str:
+        if session.user_id is None:
+            raise SignallingError(ErrorCode.NOT_JOINED)
+        return session.user_id
+
+    async def _join(self, session: Session, args: Sequence[object]) -> AckOk:
+        user_id = _join_user_id(args)
+        if session.user_id is not None and session.user_id != user_id:
+            raise SignallingError(ErrorCode.ALREADY_JOINED)
+        joined = await self.registry.join(user_id, session.sid)
+        session.user_id = user_id
+        old = joined.replaced_sid
+        if old is not None:
+            code = ErrorCode.SESSION_REPLACED
+            self.transport.send(old, "error", ErrorEvent(SignallingError(code).message, code))
+            if joined.ended is not None:
+                self._ended(joined.ended)
+            await self.transport.disconnect(old)
+        self.transport.send(session.sid, "user:joined", UserJoined(user_id, session.sid))
+        return AckOk(True, userId=user_id, socketId=session.sid)
+
+    async def _initiate(self, session: Session, args: Sequence[object]) -> AckOk:
+        user_id = self._user(session)
+        config = self.settings()
+        # Every attempt takes a token, refused or malformed: probing who is online costs as much.
+        if not self.limiter.take(user_id, trio.current_time(), config.initiate_burst, config.initiate_per_minute / 60):
+            raise SignallingError(ErrorCode.RATE_LIMITED)
+        request = _payload(args, Initiate)
+        call = await self.registry.initiate(user_id, session.sid, request.to, request.callType, new_call_id())
+        self.transport.send(call.callee_sid, "call:incoming", CallIncoming(user_id, call.call_type, call.id))
+        self.transport.send(session.sid, "call:initiated", CallInitiated(call.id, call.callee))
+        if await self.registry.ring(call.id) is not None:
+            self._start_timer(call.id, config.ring_timeout)
+        return AckOk(True, callId=call.id)
+
+    async def _accept(self, session: Session, args: Sequence[object]) -> AckOk:
+        user_id = self._user(session)
+        request = _payload(args, Accept)
+        call = await self.registry.accept(request.callId, user_id, session.sid, request.from_)
+        self._stop_timer(call.id)
+        self._both((call.caller_sid, call.callee_sid), "call:accepted", CallAccepted(call.id, user_id))
+        return AckOk(True, callId=call.id)
+
+    async def _reject(self, session: Session, args: Sequence[object]) -> AckOk:
+        user_id = self._user(session)
+        request = _payload(args, Reject)
+        ended = await self.registry.reject(request.callId, user_id, session.sid, request.from_)
+        self._ended(ended)
+        return AckOk(True, callId=ended.call.id)
+
+    async def _end(self, session: Session, args: Sequence[object]) -> AckOk:
+        user_id = self._user(session)
+        request = _payload(args, End)
+        ended = await self.registry.hang_up(request.callId, user_id, session.sid)
+        self._ended(ended)
+        return AckOk(True, callId=ended.call.id)
+
+    async def _offer(self, session: Session, args: Sequence[object]) -> AckOk:
+        user_id = self._user(session)
+        request = _payload(args, Offer)
+        _bounded(request.offer, self.settings().max_sdp_bytes, "offer", nullable=False)
+        call = await self.registry.relay(user_id, session.sid, request.to, CallEvent.OFFER)
+        call_type = call.call_type if request.callType is None else request.callType
+        relay = OfferRelay(request.offer, user_id, call_type, call.id)
+        self.transport.send(call.sid_of(request.to), "call:offer", relay)
+        return AckOk(True, callId=call.id)
+
+    async def _answer(self, session: Session, args: Sequence[object]) -> AckOk:
+        user_id = self._user(session)
+        request = _payload(args, Answer)
+        _bounded(request.answer, self.settings().max_sdp_bytes, "answer", nullable=False)
+        call = await self.registry.relay(user_id, session.sid, request.to, CallEvent.ANSWER)
+        self.transport.send(call.sid_of(request.to), "call:answer", AnswerRelay(request.answer, user_id, call.id))
+        return AckOk(True, callId=call.id)
+
+    async def _candidate(self, session: Session, args: Sequence[object]) -> AckOk:
+        user_id = self._user(session)
+        request = _payload(args, Candidate)
+        _bounded(request.candidate, self.settings().max_candidate_bytes, "candidate", nullable=True)
+        call = await self.registry.relay(user_id, session.sid, request.to, CallEvent.CANDIDATE)
+        relay = CandidateRelay(request.candidate, user_id, call.id)
+        self.transport.send(call.sid_of(request.to), "ice:candidate", relay)
+        return AckOk(True, callId=call.id)
