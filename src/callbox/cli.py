@@ -35,6 +35,10 @@ async def _run(config: Config) -> None:
                 host, port = listener.socket.getsockname()[:2]
                 shown = f"[{host}]" if ":" in host else host
                 print(f"callbox listening on {scheme}://{shown}:{port}{config.path}", flush=True)
+            if config.auth_secret:
+                log.info("token auth on: clients must connect with auth {token}")
+            else:
+                log.warning("open server: no --auth-secret, so any client may join as any user id")
             async for signum in signals:
                 log.info("shutting down", extra={"fields": {"signal": signal.Signals(signum).name}})
                 with trio.move_on_after(config.shutdown_timeout) as scope:

@@ -146,7 +146,7 @@ class EngineServer:
         self.app = app
         self.config = config
         self.sessions: dict[str, EngineSocket] = {}
-        self.metrics = metrics or Registry()
+        self.metrics = metrics or getattr(app, "metrics", None) or Registry()
         self.draining = False
         self.connections = 0  # open TCP connections
         self._per_address: dict[str, int] = {}

@@ -20,6 +20,7 @@ import trio
 
 from ..config import Config
 from ..engineio import CloseReason
+from ..metrics import Registry as MetricsRegistry
 from ..socketio import (
     Decoder,
     Packet,
@@ -295,6 +296,7 @@ class SocketIO:
 
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config()
+        self.metrics = MetricsRegistry()  # served at /metrics with the server's own
         self.namespaces: dict[str, Namespace] = {"/": Namespace("/")}
         self._pending: collections.deque[_Client] = collections.deque()
         self._pending_lot = trio.lowlevel.ParkingLot()

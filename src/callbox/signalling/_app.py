@@ -7,27 +7,37 @@ namespace's sockets by id, ``Socket.emit`` / ``disconnect``, ``SocketIO.start_so
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 
+from ..auth import TokenVerifier, Unauthorized
 from ..config import Config
-from ..server.socketio import Namespace, Socket, SocketIO
+from ..metrics import Counter
+from ..server.socketio import ConnectionRefused, Namespace, Socket, SocketIO
+from ._observe import Observer
 from ._registry import Registry
 from ._service import Ack, Session, Signalling
 
 __all__ = ["create_app", "install"]
 
+log = logging.getLogger("callbox.signalling")
+
 
 class _SocketIOTransport:
-    def __init__(self, app: SocketIO, namespace: Namespace) -> None:
+    def __init__(self, app: SocketIO, namespace: Namespace, sent: Counter) -> None:
         self.app = app
         self.namespace = namespace
+        self.sent = sent
 
     def send(self, sid: str, event: str, payload: msgspec.Struct) -> bool:
         socket = self.namespace.sockets.get(sid)
-        return socket is not None and socket.emit(event, payload)
+        if socket is not None and socket.emit(event, payload):
+            self.sent.inc(event)
+            return True
+        return False
 
     async def disconnect(self, sid: str) -> None:
         socket = self.namespace.sockets.get(sid)
@@ -41,11 +51,22 @@ class _SocketIOTransport:
 def install(app: SocketIO, registry: Registry | None = None) -> Signalling:
     """Serve the signalling protocol on ``app``'s default namespace."""
     namespace = app.of("/")
-    signalling = Signalling(_SocketIOTransport(app, namespace), registry, lambda: app.config)
+    observer = Observer(app.metrics)
+    transport = _SocketIOTransport(app, namespace, observer.sent)
+    signalling = Signalling(transport, registry, lambda: app.config, observer)
 
     @namespace.on_connect
     async def connect(socket: Socket, auth: object) -> None:
-        socket.state = Session(socket.id)
+        secret = app.config.auth_secret
+        token_user = None
+        if secret:
+            try:
+                token_user = TokenVerifier(secret).user_id(auth)
+            except Unauthorized as exc:
+                log.info("connection refused", extra={"fields": {"socket": socket.id, "why": str(exc),
+                                                                "remote": socket.remote_address}})
+                raise ConnectionRefused("Unauthorized") from None
+        socket.state = Session(socket.id, token_user)
 
     def handler(event: str) -> Callable[..., Awaitable[Ack]]:
         async def handle(socket: Socket, *args: object) -> Ack:

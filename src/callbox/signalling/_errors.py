@@ -20,6 +20,7 @@ class ErrorCode(enum.StrEnum):
     CALL_NOT_FOUND = "CALL_NOT_FOUND"
     NOT_IN_CALL = "NOT_IN_CALL"
     RATE_LIMITED = "RATE_LIMITED"
+    UNAUTHORIZED = "UNAUTHORIZED"
 
 
 # The seed server's sentences are kept where they apply ("User not available", "Call not found or
@@ -36,6 +37,7 @@ DEFAULT_MESSAGES: Final[dict[ErrorCode, str]] = {
     ErrorCode.CALL_NOT_FOUND: "Call not found or expired",
     ErrorCode.NOT_IN_CALL: "You are not in a call with this user",
     ErrorCode.RATE_LIMITED: "Too many calls started, try again later",
+    ErrorCode.UNAUTHORIZED: "Your token is for another user",
 }
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "Candidate",
     "End",
     "UserJoined",
+    "IceServer",
     "CallIncoming",
     "CallInitiated",
     "CallAccepted",
@@ -144,11 +145,22 @@ class End(msgspec.Struct, frozen=True, gc=False):
 # -- server -> client ---------------------------------------------------------------------------
 
 
-class UserJoined(msgspec.Struct, frozen=True, gc=False):
-    """user:joined: this connection now holds ``userId``."""
+class IceServer(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """One entry of RTCPeerConnection's ``iceServers``: STUN URLs, or TURN URLs with time-limited
+    credentials (TURN REST API: username ``<expiry>:<userId>``)."""
+
+    urls: list[str]
+    username: str | msgspec.UnsetType = msgspec.UNSET
+    credential: str | msgspec.UnsetType = msgspec.UNSET
+
+
+class UserJoined(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """user:joined: this connection now holds ``userId``. ``iceServers`` when the server is set up
+    with STUN/TURN (pass it to ``new RTCPeerConnection({iceServers})``)."""
 
     userId: str
     socketId: str
+    iceServers: list[IceServer] | msgspec.UnsetType = msgspec.UNSET
 
 
 class CallIncoming(msgspec.Struct, frozen=True, gc=False):

@@ -16,6 +16,7 @@ only place that does, so no timer outlives the ringing of its call.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Final, Protocol, TypeVar
 
@@ -23,7 +24,10 @@ import msgspec
 import trio
 
 from ..config import Config
+from ..metrics import Registry as MetricsRegistry
+from ..turn import ice_servers
 from ._errors import ErrorCode, SignallingError
+from ._observe import Observer
 from ._payloads import (
     USER_ID_RULE,
     Accept,
@@ -42,6 +46,7 @@ from ._payloads import (
     End,
     EndReason,
     ErrorEvent,
+    IceServer,
     Initiate,
     Join,
     Offer,
@@ -89,11 +94,13 @@ class Transport(Protocol):
 class Session:
     """One connection's signalling state: its id, and the user id it holds once joined."""
 
-    __slots__ = ("sid", "user_id")
+    __slots__ = ("sid", "token_user", "user_id")
 
-    def __init__(self, sid: str) -> None:
+    def __init__(self, sid: str, token_user: str | None = None) -> None:
         self.sid = sid
         self.user_id: str | None = None
+        # With token auth: the user id the connection's token proved; it may join as no other.
+        self.token_user = token_user
 
 
 class _JoinLoose(msgspec.Struct):
@@ -150,9 +157,11 @@ class Signalling:
         transport: Transport,
         registry: Registry | None = None,
         settings: Callable[[], Config] = Config,
+        observer: Observer | None = None,
     ) -> None:
         self.transport = transport
         self.registry: Registry = MemoryRegistry() if registry is None else registry
+        self.observe = Observer(MetricsRegistry()) if observer is None else observer
         # Read at each use: callbox.serve() may hand the app its config after it was built.
         self.settings = settings
         self.limiter = RateLimiter()
@@ -175,6 +184,7 @@ class Signalling:
     async def handle(self, session: Session, event: str, args: Sequence[object], *, ack: bool = False) -> Ack:
         """Handle one client event; the result is its ack. A refusal also goes to the client as an
         ``error`` event unless ``ack`` says the client asked for an ack (which then carries it)."""
+        self.observe.event_received(event)
         try:
             op = self._ops.get(event)
             if op is None:
@@ -182,6 +192,7 @@ class Signalling:
                 raise SignallingError(ErrorCode.INVALID_PAYLOAD, f"Unknown event {shown!r}")
             return await op(session, args)
         except SignallingError as exc:
+            self.observe.refused(event, exc.code, session.user_id)
             if not ack:
                 self.transport.send(session.sid, "error", ErrorEvent(exc.message, exc.code))
             return AckError(False, exc.code, exc.message)
@@ -193,6 +204,8 @@ class Signalling:
         ended = await self.registry.leave(session.user_id, session.sid)
         if ended is not None:
             self._ended(ended)
+        self.observe.left(session.user_id, session.sid)
+        self.observe.online((await self.registry.counts())[0])
 
     async def shutdown(self) -> None:
         """End every call (reason ``server_shutdown``), before the server disconnects everyone."""
@@ -209,6 +222,7 @@ class Signalling:
         """A call is gone: its timer stops and both parties are told how it ended."""
         call = ended.call
         self._stop_timer(call.id)
+        self.observe.call_ended(ended)
         sids = (call.caller_sid, call.callee_sid)
         if ended.outcome is Outcome.REJECTED:
             assert ended.by is not None
@@ -250,6 +264,8 @@ class Signalling:
 
     async def _join(self, session: Session, args: Sequence[object]) -> AckOk:
         user_id = _join_user_id(args)
+        if session.token_user is not None and user_id != session.token_user:
+            raise SignallingError(ErrorCode.UNAUTHORIZED)
         if session.user_id is not None and session.user_id != user_id:
             raise SignallingError(ErrorCode.ALREADY_JOINED)
         joined = await self.registry.join(user_id, session.sid)
@@ -261,8 +277,18 @@ class Signalling:
             if joined.ended is not None:
                 self._ended(joined.ended)
             await self.transport.disconnect(old)
-        self.transport.send(session.sid, "user:joined", UserJoined(user_id, session.sid))
+        self.observe.joined(user_id, session.sid, old is not None)
+        self.observe.online((await self.registry.counts())[0])
+        self.transport.send(session.sid, "user:joined", UserJoined(user_id, session.sid, self._ice_servers(user_id)))
         return AckOk(True, userId=user_id, socketId=session.sid)
+
+    def _ice_servers(self, user_id: str) -> list[IceServer] | msgspec.UnsetType:
+        config = self.settings()
+        if not (config.stun_urls or config.turn_urls):
+            return msgspec.UNSET
+        servers = ice_servers(secret=config.turn_secret, turn_urls=config.turn_urls, stun_urls=config.stun_urls,
+                              user_id=user_id, ttl=config.turn_ttl, now=time.time())
+        return [IceServer(**server) for server in servers]
 
     async def _initiate(self, session: Session, args: Sequence[object]) -> AckOk:
         user_id = self._user(session)
@@ -272,6 +298,7 @@ class Signalling:
             raise SignallingError(ErrorCode.RATE_LIMITED)
         request = _payload(args, Initiate)
         call = await self.registry.initiate(user_id, session.sid, request.to, request.callType, new_call_id())
+        self.observe.call_started(call)
         self.transport.send(call.callee_sid, "call:incoming", CallIncoming(user_id, call.call_type, call.id))
         self.transport.send(session.sid, "call:initiated", CallInitiated(call.id, call.callee))
         if await self.registry.ring(call.id) is not None:
@@ -283,6 +310,7 @@ class Signalling:
         request = _payload(args, Accept)
         call = await self.registry.accept(request.callId, user_id, session.sid, request.from_)
         self._stop_timer(call.id)
+        self.observe.call_accepted(call)
         self._both((call.caller_sid, call.callee_sid), "call:accepted", CallAccepted(call.id, user_id))
         return AckOk(True, callId=call.id)
 
