@@ -11,6 +11,8 @@ import base64
 import hashlib
 import hmac
 import json
+import os
+import pathlib
 import shutil
 import socket
 import subprocess
@@ -39,22 +41,38 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def coturn() -> Iterator[int]:
+def coturn(tmp_path: pathlib.Path) -> Iterator[int]:
     assert shutil.which("turnserver"), "coturn is not installed (.ci/run installs Debian's coturn)"
     port = free_port()
+    log = tmp_path / "turnserver.log"
     proc = subprocess.Popen(
         ["turnserver", "-n", "--listening-ip=127.0.0.1", f"--listening-port={port}", "--relay-ip=127.0.0.1",
          "--use-auth-secret", f"--static-auth-secret={SECRET}", "--realm=callbox.test", "--no-tls", "--no-dtls",
-         "--no-cli", "--allow-loopback-peers", "--log-file=stdout", "--simple-log",
-         "--min-port=49152", "--max-port=49200"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+         "--no-cli", "--allow-loopback-peers", "--log-file=stdout", "--simple-log"],
+        stdout=log.open("w"), stderr=subprocess.STDOUT,
     )
-    time.sleep(0.5)
     try:
+        wait_ready(port, log)
         yield port
     finally:
         proc.terminate()
         proc.wait(timeout=5)
+
+
+def wait_ready(port: int, log: pathlib.Path) -> None:
+    """Until coturn answers a STUN Binding request (it takes a moment to open its listeners)."""
+    request = b"\x00\x01\x00\x00\x21\x12\xa4\x42" + os.urandom(12)
+    deadline = time.monotonic() + 20
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        while time.monotonic() < deadline:
+            s.sendto(request, ("127.0.0.1", port))
+            try:
+                if s.recv(2048)[:2] == b"\x01\x01":  # Binding success response
+                    return
+            except TimeoutError:
+                pass
+    raise AssertionError("coturn did not answer STUN within 20 s:\n" + log.read_text()[-3000:])
 
 
 def allocate(port: int, username: str, credential: str) -> bool:
