@@ -1,0 +1,501 @@
+// callbox browser call: one user per tab. Join with a user id, call another user, accept or
+// reject, talk, hang up. The server owns the call (ids, ringing, timeout); this page asks and
+// follows what it is told. WebRTC: the caller offers once the callee has accepted; SDPs and ICE
+// candidates go through the server to the other party.
+//
+// Query options: ?user=alice&peer=bob prefill the two ids; ?transport=polling (or websocket)
+// forces socket.io-client's transports; ?token=JWT is sent at connect, for a server run with
+// --auth-secret (the token's `sub` is the user id it may join as).
+"use strict";
+
+const params = new URLSearchParams(location.search);
+const $ = (id) => document.getElementById(id);
+const ui = {
+  connection: $("connection"),
+  joinForm: $("join-form"), userId: $("user-id"), joinButton: $("join"), whoami: $("whoami"),
+  dialForm: $("dial-form"), peerId: $("peer-id"),
+  incoming: $("incoming-panel"), caller: $("caller"), incomingType: $("incoming-type"),
+  accept: $("accept"), reject: $("reject"),
+  callPanel: $("call-panel"), callWords: $("call-words"), hangup: $("hangup"),
+  status: $("status"), outcome: $("outcome"),
+  remoteVideo: $("remote-video"), localVideo: $("local-video"),
+  remoteLabel: $("remote-label"), localLabel: $("local-label"),
+  log: $("log"),
+};
+
+// What the page knows. `call` is the one call this tab takes part in, or null.
+let me = null; // our user id, once the server said user:joined
+let wantedId = null; // the id we asked for
+let rejoin = null; // the id we held when the connection dropped: joined again on reconnect
+let iceServers = []; // from user:joined when the server gives them; none needed on one machine or LAN
+let call = null; // {id, peer, type, role: "caller"|"callee", pc, local, queued, ending, cancelWanted}
+let lastPeer = ""; // whom the last call was with (for words about a refusal that comes after it)
+let lastAckRefusal = { code: "", at: 0 }; // a server that also sends the ack's refusal as `error`
+
+const transport = params.get("transport");
+const token = params.get("token");
+const socket = io({
+  transports: transport === "polling" ? ["polling"] : transport === "websocket" ? ["websocket"] : undefined,
+  auth: token ? { token } : undefined,
+});
+
+// -- what the person sees --------------------------------------------------------------------
+
+const STATE_WORDS = {
+  offline: () => (socket.connected ? "Not joined yet." : "Not connected to the server."),
+  idle: () => `Ready. Call someone, or wait for a call.`,
+  calling: () => `Calling ${call.peer}… (ringing)`,
+  ringing: () => `${call.peer} is calling you.`,
+  connecting: () => `Call accepted. Connecting the media with ${call.peer}…`,
+  "in-call": () => `In ${call.type === "audio" ? "an audio" : "a video"} call with ${call.peer}.`,
+  ending: () => `Ending the call…`,
+};
+
+function setState(state) {
+  document.body.dataset.state = state;
+  ui.status.textContent = STATE_WORDS[state]();
+  const inCall = call !== null;
+  ui.dialForm.querySelectorAll("input, button").forEach((el) => (el.disabled = !me || inCall));
+  ui.incoming.hidden = state !== "ringing";
+  ui.callPanel.hidden = !["calling", "connecting", "in-call", "ending"].includes(state);
+  ui.hangup.textContent = state === "calling" ? "Cancel" : "Hang up";
+  ui.hangup.disabled = state === "ending";
+  ui.accept.disabled = ui.reject.disabled = false;
+  if (call) {
+    ui.callWords.textContent = state === "calling"
+      ? `Ringing ${call.peer} (${call.type} call)…`
+      : `${call.type === "video" ? "Video" : "Audio"} call with ${call.peer}`;
+    ui.remoteLabel.textContent = call.type === "audio" ? `${call.peer} (audio only)` : call.peer;
+    document.body.dataset.callType = call.type;
+  }
+}
+
+// The last thing that happened, in plain words: `kind` is "info" or "error", `code` a stable tag
+// (a call:ended reason, "rejected", "timeout", or the server's error code).
+function tell(words, kind = "info", code = "") {
+  if (!ui.outcome.hidden && ui.outcome.textContent === words && document.body.dataset.outcome === code) return;
+  ui.outcome.hidden = false;
+  ui.outcome.textContent = words;
+  ui.outcome.className = kind;
+  document.body.dataset.outcome = code;
+  log(`» ${words}`);
+}
+
+function log(line) {
+  const item = document.createElement("li");
+  item.textContent = `${new Date().toLocaleTimeString()} ${line}`;
+  ui.log.prepend(item);
+  while (ui.log.children.length > 200) ui.log.lastChild.remove();
+}
+
+function errorWords(code, message, peer) {
+  switch (code) {
+    case "USER_OFFLINE": return `${peer} is not online.`;
+    case "USER_BUSY": return `${peer} is busy in another call.`;
+    case "ALREADY_IN_CALL": return "You are already in a call.";
+    case "INVALID_TARGET": return "You cannot call yourself.";
+    case "CALL_NOT_FOUND": return "That call is already over.";
+    case "RATE_LIMITED": return "Too many calls in a short time. Wait a minute and try again.";
+    case "NOT_JOINED": return "Join with a user id first.";
+    case "SESSION_REPLACED": return `You joined as ${me ?? wantedId} in another tab or window; this one is signed out.`;
+    case "ALREADY_JOINED": return "This tab has already joined as another user; reload it to change.";
+    case "UNAUTHORIZED": return "Your sign-in token is for another user id.";
+    default: return message ? `${message} (${code})` : `The server refused that (${code}).`;
+  }
+}
+
+// Emit with an ack: `onOk(ack)` on success; a refusal is told here (the server then sends no
+// `error` event for it).
+function request(event, payload, onOk, onRefused) {
+  log(`→ ${event} ${JSON.stringify(payload)}`);
+  socket.timeout(10000).emit(event, payload, (err, ack) => {
+    if (err) {
+      tell(`The server did not answer (${event}).`, "error", "NO_ANSWER");
+      onRefused?.({ code: "NO_ANSWER" });
+    } else if (ack && ack.ok === false) {
+      log(`← ack ${event} ${JSON.stringify(ack)}`);
+      lastAckRefusal = { code: ack.code, at: Date.now() };
+      tell(errorWords(ack.code, ack.message, payload.to ?? call?.peer ?? lastPeer), "error", ack.code);
+      onRefused?.(ack);
+    } else {
+      onOk?.(ack ?? {});
+    }
+  });
+}
+
+// A relay (offer, answer, candidate): no ack; a refusal comes back as an `error` event.
+function relay(event, payload) {
+  log(`→ ${event} to ${payload.to}`);
+  socket.emit(event, payload);
+}
+
+// -- the connection to the server ------------------------------------------------------------
+
+function showConnection() {
+  if (socket.connected) {
+    const tls = location.protocol === "https:" ? " with TLS" : "";
+    ui.connection.textContent = `Connected to the server over ${socket.io.engine.transport.name}${tls}.`;
+  } else {
+    ui.connection.textContent = "Not connected to the server; trying again…";
+  }
+}
+
+socket.on("connect", () => {
+  showConnection();
+  socket.io.engine.once("upgrade", showConnection);
+  // The server forgets a user whose connection went: join again under the same id.
+  if (rejoin) join(rejoin);
+  rejoin = null;
+  if (!me) setState("offline");
+});
+
+socket.on("disconnect", (reason) => {
+  showConnection();
+  rejoin = me;
+  me = null;
+  if (call) finishCall("The connection to the server was lost; the call ended.", "error", "server_lost");
+  ui.whoami.textContent = "Not joined.";
+  ui.userId.readOnly = false;
+  ui.joinButton.hidden = false;
+  ui.joinButton.disabled = false;
+  setState("offline");
+  if (reason === "io server disconnect") {
+    rejoin = null;
+    ui.connection.textContent = "The server closed this connection. Join again to connect again.";
+  }
+});
+
+socket.on("connect_error", (err) => {
+  if (!socket.active) {
+    // The server itself said no (with --auth-secret: no token, or a bad or expired one).
+    ui.connection.textContent = "The server refused this page.";
+    tell(err.message === "Unauthorized"
+      ? `The server wants a valid sign-in token (${token ? "this one is not" : "open the page with ?token=…"}).`
+      : `The server refused the connection: ${err.message}.`, "error", "CONNECT_REFUSED");
+    ui.joinButton.disabled = false;
+  } else {
+    ui.connection.textContent = `Cannot reach the server (${err.message}); trying again…`;
+  }
+});
+
+// -- joining ---------------------------------------------------------------------------------
+
+function join(userId) {
+  wantedId = userId;
+  if (!socket.active) socket.connect(); // the server closed this connection (an id taken over)
+  ui.joinButton.disabled = true;
+  request("user:join", { userId }, null, () => {
+    wantedId = me;
+    ui.joinButton.disabled = false;
+  });
+}
+
+ui.joinForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const userId = ui.userId.value.trim();
+  if (userId && userId !== me) join(userId);
+});
+
+socket.on("user:joined", (data) => {
+  log(`← user:joined ${JSON.stringify(data, (key, value) => (key === "credential" ? "…" : value))}`);
+  me = data.userId;
+  wantedId = me;
+  if (Array.isArray(data.iceServers)) iceServers = data.iceServers;
+  const relays = iceServers.flatMap((server) => [server.urls].flat()).map((url) => url.split(":")[0].toUpperCase());
+  ui.userId.value = me;
+  // The server keeps one id per connection: another id takes another tab (or a reload).
+  ui.userId.readOnly = true;
+  ui.joinButton.hidden = true;
+  ui.whoami.textContent = `Joined as ${me}. To be someone else, reload the page or open another tab.`
+    + (relays.length ? ` The server gave ICE servers (${[...new Set(relays)].join(", ")}).` : "");
+  ui.localLabel.textContent = `You (${me})`;
+  document.title = `${me} · callbox`;
+  if (!call) setState("idle");
+  ui.peerId.focus();
+});
+
+// -- placing a call --------------------------------------------------------------------------
+
+function newCall(fields) {
+  lastPeer = fields.peer;
+  return { id: null, pc: null, local: null, queued: [], ending: false, cancelWanted: false, ...fields };
+}
+
+ui.dialForm.addEventListener("submit", (e) => {
+  e.preventDefault();
+  const peer = ui.peerId.value.trim();
+  const type = e.submitter?.value === "audio" ? "audio" : "video";
+  if (!peer || call || !me) return;
+  const c = (call = newCall({ peer, type, role: "caller" }));
+  ui.outcome.hidden = true;
+  setState("calling");
+  request("call:initiate", { to: peer, callType: type },
+    (ack) => knowCallId(c, ack.callId),
+    () => { if (call === c) finishCall(null); });
+  // The camera and microphone start while it rings, so you see yourself before the answer.
+  getMedia(c);
+});
+
+function knowCallId(c, callId) {
+  if (!callId || c.id) return;
+  c.id = callId;
+  if (c.cancelWanted) endCall(c);
+}
+
+function endCall(c) {
+  request("call:end", { callId: c.id }, null, () => { if (call === c) finishCall(null); });
+}
+
+socket.on("call:initiated", ({ callId, to }) => {
+  log(`← call:initiated ${to} ${callId}`);
+  if (call && call.role === "caller" && call.peer === to) knowCallId(call, callId);
+});
+
+// -- an incoming call ------------------------------------------------------------------------
+
+socket.on("call:incoming", ({ from, callType, callId }) => {
+  log(`← call:incoming from ${from} (${callType}) ${callId}`);
+  if (call) return; // the server keeps us free of a second call; nothing to do if it happens
+  call = newCall({ id: callId, peer: from, type: callType, role: "callee" });
+  ui.outcome.hidden = true;
+  ui.caller.textContent = from;
+  ui.incomingType.textContent = `(${callType} call)`;
+  setState("ringing");
+});
+
+ui.accept.addEventListener("click", async () => {
+  const c = call;
+  if (!c || c.role !== "callee") return;
+  ui.accept.disabled = ui.reject.disabled = true;
+  await getMedia(c); // ready before the offer comes, so the answer carries our tracks
+  if (call !== c || c.ending) return;
+  request("call:accept", { callId: c.id, from: c.peer }, null, () => { if (call === c) finishCall(null); });
+});
+
+ui.reject.addEventListener("click", () => {
+  const c = call;
+  if (!c || c.role !== "callee") return;
+  ui.accept.disabled = ui.reject.disabled = true;
+  request("call:reject", { callId: c.id, from: c.peer }, null, () => { if (call === c) finishCall(null); });
+});
+
+// -- hanging up, cancelling ------------------------------------------------------------------
+
+ui.hangup.addEventListener("click", () => {
+  const c = call;
+  if (!c || c.ending) return;
+  c.ending = true;
+  stopMedia(c); // the person asked to stop: camera and microphone off now
+  setState("ending");
+  if (!c.id) {
+    c.cancelWanted = true; // call:initiated not here yet: cancel as soon as the id is known
+    return;
+  }
+  endCall(c);
+});
+
+// -- what the server says about our call -----------------------------------------------------
+
+function ours(callId) {
+  return call && (call.id === callId || (call.id === null && call.role === "caller"));
+}
+
+socket.on("call:accepted", ({ callId, by }) => {
+  log(`← call:accepted by ${by}`);
+  if (!ours(callId)) return;
+  call.id = callId;
+  if (!call.ending) setState("connecting");
+  if (call.role === "caller") sendOffer(call);
+});
+
+socket.on("call:rejected", ({ callId, by }) => {
+  log(`← call:rejected by ${by}`);
+  if (!ours(callId)) return;
+  finishCall(by === me ? `You declined the call from ${call.peer}.` : `${by} declined the call.`,
+    "info", "rejected");
+});
+
+socket.on("call:timeout", ({ callId }) => {
+  log(`← call:timeout ${callId}`);
+  if (!ours(callId)) return;
+  finishCall(call.role === "caller" ? `${call.peer} did not answer.` : `You missed a call from ${call.peer}.`,
+    "info", "timeout");
+});
+
+socket.on("call:ended", ({ callId, by, reason }) => {
+  log(`← call:ended by ${by} (${reason})`);
+  if (!ours(callId)) return;
+  const peer = call.peer;
+  const words = {
+    hangup: by === me ? "You hung up." : `${by} hung up.`,
+    cancelled: by === me ? "You cancelled the call." : `${by} cancelled the call.`,
+    disconnected: `${peer} lost the connection; the call ended.`,
+    replaced: `${peer} joined from another tab or device; the call ended.`,
+    server_shutdown: "The server is shutting down; the call ended.",
+  }[reason] ?? `The call ended (${reason}).`;
+  finishCall(words, reason === "hangup" || reason === "cancelled" ? "info" : "error", reason);
+});
+
+socket.on("error", (err) => {
+  log(`← error ${JSON.stringify(err)}`);
+  // A candidate that crossed the hang-up on the wire is refused: nothing to tell anyone.
+  if (err.code === "NOT_IN_CALL" && !call) return;
+  // Told already from the ack of the same request.
+  if (err.code === lastAckRefusal.code && Date.now() - lastAckRefusal.at < 2000) return;
+  tell(errorWords(err.code, err.message, call?.peer ?? lastPeer), "error", err.code);
+  if (err.code === "SESSION_REPLACED") wantedId = null;
+});
+
+// -- WebRTC ----------------------------------------------------------------------------------
+
+// Camera and microphone for this call (microphone only for an audio call). Without them the call
+// still goes on, receiving only, and the page says so.
+async function getMedia(c) {
+  if (c.local) return;
+  try {
+    c.local = await navigator.mediaDevices.getUserMedia({ audio: true, video: c.type === "video" });
+  } catch (err) {
+    log(`getUserMedia: ${err.name}: ${err.message}`);
+    if (call === c) tell(`No ${c.type === "video" ? "camera or " : ""}microphone (${err.name}); the other side will not see or hear you.`, "error", "NO_MEDIA");
+    c.local = new MediaStream();
+  }
+  if (c.ending || call !== c) {
+    stopMedia(c);
+    return;
+  }
+  ui.localVideo.srcObject = c.local;
+}
+
+function stopMedia(c) {
+  c.local?.getTracks().forEach((t) => t.stop());
+  if (c.pc) {
+    c.pc.onicecandidate = c.pc.ontrack = c.pc.onconnectionstatechange = null;
+    c.pc.close();
+  }
+  ui.localVideo.srcObject = null;
+  ui.remoteVideo.srcObject = null;
+}
+
+function newPeerConnection(c) {
+  const pc = new RTCPeerConnection({ iceServers });
+  c.pc = pc;
+  pc.onicecandidate = (e) => relay("ice:candidate", { to: c.peer, candidate: e.candidate ? e.candidate.toJSON() : null });
+  pc.ontrack = (e) => {
+    const stream = e.streams[0] ?? new MediaStream([e.track]);
+    if (ui.remoteVideo.srcObject !== stream) ui.remoteVideo.srcObject = stream;
+  };
+  pc.onconnectionstatechange = () => {
+    log(`media connection: ${pc.connectionState}`);
+    if (call !== c || c.ending) return;
+    if (pc.connectionState === "connected") setState("in-call");
+    else if (pc.connectionState === "failed") {
+      tell(`The media connection to ${c.peer} failed; hanging up.`, "error", "media_failed");
+      ui.hangup.click();
+    }
+  };
+  return pc;
+}
+
+async function flushCandidates(c) {
+  for (const candidate of c.queued.splice(0)) await addCandidate(c, candidate);
+}
+
+async function addCandidate(c, candidate) {
+  try {
+    await c.pc.addIceCandidate(candidate ?? undefined); // null: the end of the candidates
+  } catch (err) {
+    log(`addIceCandidate: ${err.message}`);
+  }
+}
+
+async function sendOffer(c) {
+  try {
+    await getMedia(c);
+    if (call !== c || c.ending) return;
+    const pc = newPeerConnection(c);
+    for (const track of c.local.getTracks()) pc.addTrack(track, c.local);
+    // Receive what we cannot send (no camera or microphone): the other side may still have one.
+    for (const kind of c.type === "video" ? ["audio", "video"] : ["audio"]) {
+      if (c.local.getTracks().every((t) => t.kind !== kind)) pc.addTransceiver(kind, { direction: "recvonly" });
+    }
+    await pc.setLocalDescription(await pc.createOffer());
+    if (call !== c || c.ending) return;
+    relay("call:offer", { to: c.peer, offer: pc.localDescription.toJSON(), callType: c.type });
+  } catch (err) {
+    mediaError(c, err);
+  }
+}
+
+socket.on("call:offer", async ({ offer, from, callId }) => {
+  log(`← call:offer from ${from}`);
+  const c = call;
+  if (!c || c.role !== "callee" || c.id !== callId || c.pc) return;
+  try {
+    await getMedia(c);
+    if (call !== c || c.ending) return;
+    const pc = newPeerConnection(c);
+    await pc.setRemoteDescription(offer);
+    // After the offer, so that our tracks go out on the transceivers the offer made.
+    for (const track of c.local.getTracks()) pc.addTrack(track, c.local);
+    await pc.setLocalDescription(await pc.createAnswer());
+    if (call !== c || c.ending) return;
+    relay("call:answer", { to: c.peer, answer: pc.localDescription.toJSON() });
+    await flushCandidates(c);
+  } catch (err) {
+    mediaError(c, err);
+  }
+});
+
+socket.on("call:answer", async ({ answer, from, callId }) => {
+  log(`← call:answer from ${from}`);
+  const c = call;
+  if (!c || c.role !== "caller" || c.id !== callId || !c.pc) return;
+  try {
+    await c.pc.setRemoteDescription(answer);
+    await flushCandidates(c);
+  } catch (err) {
+    mediaError(c, err);
+  }
+});
+
+socket.on("ice:candidate", ({ candidate, callId }) => {
+  const c = call;
+  if (!c || c.id !== callId) return;
+  if (c.pc?.remoteDescription) addCandidate(c, candidate);
+  else c.queued.push(candidate); // before the offer or answer is applied: keep it for then
+});
+
+function mediaError(c, err) {
+  log(`WebRTC: ${err.name}: ${err.message}`);
+  if (call !== c || c.ending) return;
+  tell(`The call could not be set up (${err.message}); hanging up.`, "error", "media_failed");
+  ui.hangup.click();
+}
+
+// -- the end of a call -----------------------------------------------------------------------
+
+// The call is over (the server said so, or it refused to start it): stop everything, say why.
+function finishCall(words, kind = "info", code = "") {
+  const c = call;
+  call = null;
+  if (c) stopMedia(c);
+  if (words) tell(words, kind, code);
+  setState(me ? "idle" : "offline");
+}
+
+// -- start -----------------------------------------------------------------------------------
+
+ui.userId.value = params.get("user") ?? "";
+ui.peerId.value = params.get("peer") ?? "";
+setState("offline");
+(ui.userId.value ? ui.joinButton : ui.userId).focus();
+
+// For people poking around in the console, and for the end-to-end test.
+window.demo = {
+  socket,
+  get me() { return me; },
+  get call() { return call; },
+  get pc() { return call?.pc ?? null; },
+  get iceServers() { return iceServers; },
+  get state() { return document.body.dataset.state; },
+};

@@ -1,0 +1,464 @@
+// Two headless Chromium pages place calls through a real callbox process, one scenario per run.
+//
+//   node run.mjs --scenario call --callbox .venv/bin/callbox --static examples/browser --artifacts DIR
+//                [--tls-cert F --tls-key F --spki HASH] [--screenshot-copy PATH]
+//
+// Run it inside a loopback-only network namespace (tests/browser/in_netns.py; tests/test_browser.py
+// does): callbox and Chromium are started from here, so they are in it too, and every ICE
+// candidate is 127.0.0.1. Prints one JSON object per line: {"step": ...} as it goes, then
+// {"result": "pass" | "fail", ...}; exits 0 on a pass.
+
+import { spawn } from "node:child_process";
+import { createHmac } from "node:crypto";
+import { copyFileSync, mkdirSync, writeFileSync } from "node:fs";
+import path from "node:path";
+import { parseArgs } from "node:util";
+import { chromium } from "playwright-core";
+
+const { values: opt } = parseArgs({
+  options: {
+    scenario: { type: "string" },
+    callbox: { type: "string" },
+    static: { type: "string" },
+    artifacts: { type: "string" },
+    chromium: { type: "string", default: "/usr/bin/chromium" },
+    "tls-cert": { type: "string" },
+    "tls-key": { type: "string" },
+    spki: { type: "string" },
+    "screenshot-copy": { type: "string" },
+  },
+});
+
+const RING_TIMEOUT = 2; // seconds, for the timeout scenario's server
+const AUTH_SECRET = "e2e-auth-secret-of-at-least-32-bytes"; // HS256 wants 32 bytes or more
+const STEP_TIMEOUT = 15_000; // ms any one wait may take
+const SCENARIO_TIMEOUT = 60_000;
+
+const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
+const step = (what, extra = {}) => out({ step: what, t: Math.round(performance.now()), ...extra });
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function check(ok, message) {
+  if (!ok) throw new Error(message);
+}
+
+// -- callbox ---------------------------------------------------------------------------------
+
+async function startCallbox(extra = []) {
+  const argv = ["--host", "127.0.0.1", "--port", "0", "--static", opt.static, ...extra];
+  const proc = spawn(opt.callbox, argv, { stdio: ["ignore", "pipe", "pipe"] });
+  const server = { proc, argv, output: [] };
+  proc.stderr.on("data", (d) => server.output.push(d.toString()));
+  server.url = await new Promise((resolve, reject) => {
+    let seen = "";
+    const timer = setTimeout(() => reject(new Error(`callbox did not start: ${seen}${server.output.join("")}`)), 10_000);
+    proc.stdout.on("data", (d) => {
+      seen += d.toString();
+      server.output.push(d.toString());
+      const m = seen.match(/listening on (https?:\/\/[^\s/]+)\//);
+      if (m) {
+        clearTimeout(timer);
+        resolve(m[1]);
+      }
+    });
+    proc.on("exit", (code) => reject(new Error(`callbox exited (${code}): ${seen}${server.output.join("")}`)));
+  });
+  proc.removeAllListeners("exit");
+  step("callbox started", { url: server.url, argv });
+  return server;
+}
+
+async function stopCallbox(server) {
+  if (!server || server.proc.exitCode !== null) return;
+  const exited = new Promise((r) => server.proc.once("exit", r));
+  server.proc.kill("SIGTERM");
+  const timer = setTimeout(() => server.proc.kill("SIGKILL"), 5_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+// -- pages -----------------------------------------------------------------------------------
+
+class User {
+  constructor(name, page) {
+    this.name = name;
+    this.page = page;
+    this.problems = []; // uncaught page errors: app.js bugs fail the scenario
+    this.console = [];
+    page.on("pageerror", (e) => this.problems.push(`${e.name}: ${e.message}`));
+    page.on("console", (m) => this.console.push(`${m.type()}: ${m.text()}`));
+  }
+
+  state() {
+    return this.page.evaluate(() => document.body.dataset.state);
+  }
+
+  async waitState(state) {
+    try {
+      await this.page.waitForFunction((s) => document.body.dataset.state === s, state, { timeout: STEP_TIMEOUT });
+    } catch {
+      throw new Error(`${this.name}: state stayed ${await this.state()}, wanted ${state}; it says: ${await this.words()}`);
+    }
+  }
+
+  // The outcome line, and its tag, once it has the tag we wait for.
+  async waitOutcome(code) {
+    try {
+      await this.page.waitForFunction((c) => document.body.dataset.outcome === c, code, { timeout: STEP_TIMEOUT });
+    } catch {
+      throw new Error(`${this.name}: outcome ${JSON.stringify(await this.page.evaluate(() => document.body.dataset.outcome))}, wanted ${code}; it says: ${await this.words()}`);
+    }
+    return this.page.textContent("#outcome");
+  }
+
+  words() {
+    return this.page.evaluate(() => [
+      document.getElementById("status").textContent,
+      document.getElementById("outcome").hidden ? "" : document.getElementById("outcome").textContent,
+    ].filter(Boolean).join(" / "));
+  }
+
+  log() {
+    return this.page.evaluate(() => [...document.querySelectorAll("#log li")].map((li) => li.textContent).reverse());
+  }
+}
+
+async function openUser(browser, base, name, peer, { transport, token, join = true } = {}) {
+  const context = await browser.newContext({ viewport: { width: 760, height: 820 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(STEP_TIMEOUT);
+  const user = new User(name, page);
+  const query = new URLSearchParams({ user: name, peer });
+  if (transport) query.set("transport", transport);
+  if (token) query.set("token", token);
+  await page.goto(`${base}/index.html?${query}`);
+  if (!join) return user;
+  await page.click("#join");
+  await page.waitForFunction((n) => window.demo?.me === n, name);
+  await user.waitState("idle");
+  step(`${name} joined`, { transport: await page.evaluate(() => window.demo.socket.io.engine.transport.name) });
+  return user;
+}
+
+// -- the checks of a live call ---------------------------------------------------------------
+
+async function waitConnected(user) {
+  try {
+    await user.page.waitForFunction(() => window.demo.pc?.connectionState === "connected", null, { timeout: STEP_TIMEOUT });
+  } catch {
+    const pcState = await user.page.evaluate(() => window.demo.pc?.connectionState ?? "no RTCPeerConnection");
+    throw new Error(`${user.name}: RTCPeerConnection is ${pcState}; it says: ${await user.words()}`);
+  }
+  await user.waitState("in-call");
+}
+
+// The remote <video> shows frames: a size, and a clock that moves.
+async function checkRemoteFrames(user) {
+  const video = () => {
+    const v = document.getElementById("remote-video");
+    return { width: v.videoWidth, height: v.videoHeight, time: v.currentTime, paused: v.paused };
+  };
+  try {
+    await user.page.waitForFunction(() => {
+      const v = document.getElementById("remote-video");
+      return v.videoWidth > 0 && v.currentTime > 0;
+    }, null, { timeout: STEP_TIMEOUT });
+  } catch {
+    throw new Error(`${user.name}: the remote video shows no frames: ${JSON.stringify(await user.page.evaluate(video))}`);
+  }
+  const first = await user.page.evaluate(video);
+  await sleep(1000);
+  const second = await user.page.evaluate(video);
+  check(second.time - first.time > 0.4, `${user.name}: the remote video does not advance: ${JSON.stringify([first, second])}`);
+  return second;
+}
+
+// Every ICE candidate either side gathered, and the pair in use, are on loopback.
+async function checkLoopback(user) {
+  const report = await user.page.evaluate(async () => {
+    const stats = [...(await window.demo.pc.getStats()).values()];
+    const byId = new Map(stats.map((s) => [s.id, s]));
+    const transport = stats.find((s) => s.type === "transport" && s.selectedCandidatePairId);
+    const pair = transport && byId.get(transport.selectedCandidatePairId);
+    return {
+      candidates: stats.filter((s) => s.type === "local-candidate" || s.type === "remote-candidate")
+        .map((s) => `${s.type === "local-candidate" ? "local" : "remote"} ${s.candidateType} ${s.protocol} ${s.address}:${s.port}`),
+      selected: pair ? [byId.get(pair.localCandidateId)?.address, byId.get(pair.remoteCandidateId)?.address] : null,
+    };
+  });
+  const loopback = (a) => /^127\./.test(a) || a === "::1";
+  check(report.candidates.length > 0, `${user.name}: no ICE candidates in the stats`);
+  for (const c of report.candidates) check(loopback(c.split(" ").at(-1).replace(/:\d+$/, "").replace(/^\[|\]$/g, "")), `${user.name}: a candidate off loopback: ${c}`);
+  check(report.selected && report.selected.every(loopback), `${user.name}: selected pair ${JSON.stringify(report.selected)}`);
+  return report;
+}
+
+// One picture of the users' pages side by side (and each page alone, next to it).
+async function screenshotPages(browser, users, file) {
+  const shots = [];
+  for (const u of users) shots.push(await u.page.screenshot({ fullPage: true }));
+  const page = await browser.newPage({ viewport: { width: 16 + 776 * users.length, height: 400 } });
+  const tile = (user, png) => `<figure><figcaption>${user.name}'s tab</figcaption><img src="data:image/png;base64,${png.toString("base64")}"></figure>`;
+  await page.setContent(`<!doctype html><style>
+      body { margin: 0; padding: 12px; background: #c9ced8; display: flex; gap: 16px; font: 15px system-ui, sans-serif; }
+      figure { margin: 0; } figcaption { margin: 0 0 6px 4px; color: #333; }
+      img { display: block; width: 760px; box-shadow: 0 1px 6px #0005; }
+    </style>${users.map((u, i) => tile(u, shots[i])).join("")}`);
+  mkdirSync(path.dirname(file), { recursive: true });
+  await page.screenshot({ path: file, fullPage: true });
+  await page.close();
+  users.forEach((u, i) => writeFileSync(file.replace(/\.png$/, `-${u.name}.png`), shots[i]));
+  step("screenshot", { path: file });
+  return file;
+}
+
+// -- scenarios -------------------------------------------------------------------------------
+
+// A calls B, B accepts, media flows both ways, A hangs up.
+async function completeCall(ctx, { transport } = {}) {
+  const a = await ctx.user("alice", "bob", { transport });
+  const b = await ctx.user("bob", "alice", { transport });
+  await a.page.click("#video-call");
+  await a.waitState("calling");
+  await b.waitState("ringing");
+  check((await b.page.textContent("#caller")) === "alice", "bob: the incoming call is not from alice");
+  // The caller sees itself while it rings.
+  await a.page.waitForFunction(() => document.getElementById("local-video").videoWidth > 0);
+  step("ringing");
+  await screenshotPages(ctx.browser, [a, b], path.join(opt.artifacts, `${ctx.name}-ringing.png`));
+  await b.page.click("#accept");
+  await Promise.all([waitConnected(a), waitConnected(b)]);
+  step("connected");
+  const frames = { alice: await checkRemoteFrames(a), bob: await checkRemoteFrames(b) };
+  step("remote video plays", frames);
+  const ice = { alice: await checkLoopback(a), bob: await checkLoopback(b) };
+  step("ICE on loopback only", ice);
+  const transports = {};
+  for (const u of [a, b]) transports[u.name] = await u.page.evaluate(() => window.demo.socket.io.engine.transport.name);
+  if (transport) check(Object.values(transports).every((t) => t === transport), `transports ${JSON.stringify(transports)}`);
+  step("signalling transports", transports);
+  const words = { alice: await a.words(), bob: await b.words() };
+  const screenshot = await screenshotPages(ctx.browser, [a, b], path.join(opt.artifacts, `${ctx.name}-mid-call.png`));
+  if (opt["screenshot-copy"]) copyFileSync(screenshot, opt["screenshot-copy"]);
+  await a.page.click("#hangup");
+  const ended = { alice: await a.waitOutcome("hangup"), bob: await b.waitOutcome("hangup") };
+  await Promise.all([a.waitState("idle"), b.waitState("idle")]);
+  check(ended.alice === "You hung up." && ended.bob === "alice hung up.", `ended: ${JSON.stringify(ended)}`);
+  for (const u of [a, b]) {
+    const left = await u.page.evaluate(() => ({ pc: window.demo.pc, remote: document.getElementById("remote-video").srcObject }));
+    check(left.pc === null && left.remote === null, `${u.name}: media left after the call`);
+  }
+  return { frames, transports, midCall: words, ended, screenshot, ice };
+}
+
+// An HS256 JWT, as an app's login would issue for callbox --auth-secret.
+function jwt(sub, secret) {
+  const part = (obj) => Buffer.from(JSON.stringify(obj)).toString("base64url");
+  const body = `${part({ alg: "HS256", typ: "JWT" })}.${part({ sub, exp: Math.floor(Date.now() / 1000) + 600 })}`;
+  return `${body}.${createHmac("sha256", secret).update(body).digest("base64url")}`;
+}
+
+// Audio only, on a server with token auth and STUN/TURN settings (its ICE servers are on loopback
+// and nothing answers there: the call connects on host candidates all the same). A page without a
+// token is refused in words; then bob closes his tab mid-call, and alice is told.
+async function audioCall(ctx) {
+  const stranger = await ctx.user("mallory", "bob", { join: false });
+  const refused = await stranger.waitOutcome("CONNECT_REFUSED");
+  check(refused.includes("sign-in token"), `mallory: ${refused}`);
+  const a = await ctx.user("alice", "bob", { token: jwt("alice", AUTH_SECRET) });
+  const b = await ctx.user("bob", "alice", { token: jwt("bob", AUTH_SECRET) });
+  const given = await a.page.evaluate(() => window.demo.iceServers);
+  const urls = given.flatMap((s) => [s.urls].flat());
+  check(urls.includes("stun:127.0.0.1:3478") && urls.includes("turn:127.0.0.1:3478?transport=udp")
+    && given.some((s) => s.username?.endsWith(":alice") && s.credential), `iceServers from user:joined: ${JSON.stringify(given)}`);
+  await a.page.click("#audio-call");
+  await b.waitState("ringing");
+  await b.page.click("#accept");
+  await Promise.all([waitConnected(a), waitConnected(b)]);
+  const received = async (u) => u.page.evaluate(async () => {
+    const stats = [...(await window.demo.pc.getStats()).values()];
+    const inbound = stats.filter((s) => s.type === "inbound-rtp");
+    return {
+      kinds: inbound.map((s) => s.kind),
+      audioPackets: inbound.filter((s) => s.kind === "audio").reduce((n, s) => n + (s.packetsReceived ?? 0), 0),
+      remoteTracks: document.getElementById("remote-video").srcObject?.getTracks().map((t) => `${t.kind}:${t.readyState}`),
+    };
+  });
+  const config = await b.page.evaluate(() => window.demo.pc.getConfiguration().iceServers);
+  check(JSON.stringify(config).includes(":bob"), `bob's RTCPeerConnection does not use the ICE servers: ${JSON.stringify(config)}`);
+  const first = { alice: await received(a), bob: await received(b) };
+  await sleep(1000);
+  const second = { alice: await received(a), bob: await received(b) };
+  for (const u of ["alice", "bob"]) {
+    check(second[u].kinds.join() === "audio", `${u}: receives ${second[u].kinds}, not audio alone`);
+    check(second[u].audioPackets > first[u].audioPackets, `${u}: no audio arriving: ${JSON.stringify([first[u], second[u]])}`);
+  }
+  step("audio flows both ways", second);
+  await screenshotPages(ctx.browser, [a, b], path.join(opt.artifacts, `${ctx.name}-mid-call.png`));
+  await b.page.close();
+  ctx.users.splice(ctx.users.indexOf(b), 1);
+  const words = await a.waitOutcome("disconnected");
+  await a.waitState("idle");
+  check(words === "bob lost the connection; the call ended.", `alice: ${words}`);
+  return { refused, iceServers: given, audio: second, alice: words };
+}
+
+const SCENARIOS = {
+  audio: audioCall,
+  call: (ctx) => completeCall(ctx),
+  "call-polling": (ctx) => completeCall(ctx, { transport: "polling" }),
+  "call-wss": (ctx) => completeCall(ctx, { transport: "websocket" }),
+
+  async reject(ctx) {
+    const a = await ctx.user("alice", "bob");
+    const b = await ctx.user("bob", "alice");
+    await a.page.click("#audio-call");
+    await b.waitState("ringing");
+    check((await b.page.textContent("#incoming-type")) === "(audio call)", "bob: not shown as an audio call");
+    await b.page.click("#reject");
+    const words = { alice: await a.waitOutcome("rejected"), bob: await b.waitOutcome("rejected") };
+    await Promise.all([a.waitState("idle"), b.waitState("idle")]);
+    check(words.alice === "bob declined the call." && words.bob === "You declined the call from alice.", JSON.stringify(words));
+    return words;
+  },
+
+  async cancel(ctx) {
+    const a = await ctx.user("alice", "bob");
+    const b = await ctx.user("bob", "alice");
+    await a.page.click("#video-call");
+    await b.waitState("ringing");
+    check((await a.page.textContent("#hangup")) === "Cancel", "alice: no Cancel button while ringing");
+    await a.page.click("#hangup");
+    const words = { alice: await a.waitOutcome("cancelled"), bob: await b.waitOutcome("cancelled") };
+    await Promise.all([a.waitState("idle"), b.waitState("idle")]);
+    check(words.alice === "You cancelled the call." && words.bob === "alice cancelled the call.", JSON.stringify(words));
+    return words;
+  },
+
+  async timeout(ctx) {
+    const a = await ctx.user("alice", "bob");
+    const b = await ctx.user("bob", "alice");
+    const started = Date.now();
+    await a.page.click("#video-call");
+    await b.waitState("ringing");
+    const words = { alice: await a.waitOutcome("timeout"), bob: await b.waitOutcome("timeout") };
+    const rang = (Date.now() - started) / 1000;
+    await Promise.all([a.waitState("idle"), b.waitState("idle")]);
+    check(words.alice === "bob did not answer." && words.bob === "You missed a call from alice.", JSON.stringify(words));
+    check(rang >= RING_TIMEOUT - 0.5, `the call timed out after ${rang} s, before --ring-timeout ${RING_TIMEOUT}`);
+    return { ...words, rang };
+  },
+
+  // Calling someone who is not there, and someone who is in another call; a user id taken over.
+  async "busy-offline-takeover"(ctx) {
+    const a = await ctx.user("alice", "carol");
+    const b = await ctx.user("bob", "alice");
+    await a.page.click("#video-call");
+    const offline = await a.waitOutcome("USER_OFFLINE");
+    await a.waitState("idle");
+    check(offline === "carol is not online.", `offline: ${offline}`);
+    await b.page.click("#audio-call");
+    await a.waitState("ringing");
+    const c = await ctx.user("carol", "bob");
+    await c.page.click("#video-call");
+    const busy = await c.waitOutcome("USER_BUSY");
+    await c.waitState("idle");
+    check(busy === "bob is busy in another call.", `busy: ${busy}`);
+    await a.page.click("#reject");
+    await Promise.all([a.waitOutcome("rejected"), b.waitOutcome("rejected")]);
+    // carol again, in another tab: the first tab is signed out, and says so.
+    const c2 = await ctx.user("carol", "bob");
+    c2.name = "carol-2nd-tab";
+    const replaced = await c.waitOutcome("SESSION_REPLACED");
+    await c.waitState("offline");
+    check(replaced === "You joined as carol in another tab or window; this one is signed out.", `replaced: ${replaced}`);
+    // Join again in the first tab: it connects again and takes the id back.
+    await c.page.click("#join");
+    await c.waitState("idle");
+    await c2.waitOutcome("SESSION_REPLACED");
+    await c2.waitState("offline");
+    return { offline, busy, replaced };
+  },
+};
+
+// -- main ------------------------------------------------------------------------------------
+
+async function main() {
+  const name = opt.scenario;
+  check(SCENARIOS[name], `unknown scenario ${name}; known: ${Object.keys(SCENARIOS).join(", ")}`);
+  const tls = name === "call-wss";
+  const serverArgs = [];
+  if (name === "timeout") serverArgs.push("--ring-timeout", String(RING_TIMEOUT));
+  if (name === "audio") {
+    serverArgs.push("--auth-secret", AUTH_SECRET, "--stun-urls", "stun:127.0.0.1:3478",
+      "--turn-urls", "turn:127.0.0.1:3478?transport=udp", "--turn-secret", "e2e-turn-secret");
+  }
+  if (tls) serverArgs.push("--tls-cert", opt["tls-cert"], "--tls-key", opt["tls-key"]);
+
+  const args = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+    "--allow-loopback-in-peer-connection",
+  ];
+  // Trust exactly the test certificate (its public key's SHA-256), not any certificate.
+  if (tls) args.push(`--ignore-certificate-errors-spki-list=${opt.spki}`);
+
+  const ctx = { name, users: [], browser: null, server: null };
+  let failure = null;
+  let detail = null;
+  try {
+    ctx.server = await startCallbox(serverArgs);
+    if (tls) check(ctx.server.url.startsWith("https://"), `callbox is not serving https: ${ctx.server.url}`);
+    ctx.browser = await chromium.launch({ executablePath: opt.chromium, headless: true, args });
+    step("chromium started", { version: ctx.browser.version() });
+    ctx.user = async (user, peer, opts) => {
+      const u = await openUser(ctx.browser, ctx.server.url, user, peer, opts);
+      ctx.users.push(u);
+      return u;
+    };
+    let timer;
+    const overall = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`scenario took over ${SCENARIO_TIMEOUT / 1000} s`)), SCENARIO_TIMEOUT);
+    });
+    detail = await Promise.race([SCENARIOS[name](ctx), overall]);
+    clearTimeout(timer);
+    // How every page looks at the end, for people to check what it says.
+    await screenshotPages(ctx.browser, ctx.users, path.join(opt.artifacts, `${name}-end.png`));
+    for (const u of ctx.users) check(u.problems.length === 0, `${u.name}: errors in the page: ${u.problems.join("; ")}`);
+  } catch (err) {
+    failure = err;
+  }
+  const report = { scenario: name };
+  if (failure) {
+    report.result = "fail";
+    report.error = String(failure.stack ?? failure);
+    report.pages = {};
+    for (const u of ctx.users) {
+      const page = { problems: u.problems, console: u.console };
+      try {
+        page.words = await u.words();
+        page.log = await u.log();
+        mkdirSync(opt.artifacts, { recursive: true });
+        page.screenshot = path.join(opt.artifacts, `${name}-failed-${u.name}.png`);
+        await u.page.screenshot({ path: page.screenshot, fullPage: true });
+      } catch (e) {
+        page.unavailable = String(e);
+      }
+      report.pages[u.name] = page;
+    }
+  } else {
+    report.result = "pass";
+    report.detail = detail;
+  }
+  await ctx.browser?.close().catch(() => {});
+  await stopCallbox(ctx.server);
+  if (failure && ctx.server) report.server = ctx.server.output.join("").slice(-8000);
+  out(report);
+  process.exitCode = failure ? 1 : 0;
+}
+
+main().catch((err) => {
+  out({ result: "fail", scenario: opt.scenario, error: String(err.stack ?? err) });
+  process.exitCode = 1;
+});
