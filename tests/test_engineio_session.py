@@ -218,7 +218,7 @@ def test_receive_websocket_frames() -> None:
     assert s.receive_ws_text('42["a"]', T0) == ('2["a"]', None)
     assert s.receive_ws_text("4", T0) == ("", None)
     assert s.receive_ws_text("6", T0) == (None, None)
-    assert s.receive_ws_binary(b"\x01") == b"\x01"
+    assert s.receive_ws_binary(b"\x01", 0.0) == b"\x01"
     assert s.is_open
 
 
@@ -257,7 +257,7 @@ def test_close_from_client_over_websocket() -> None:
     assert not s.has_output
     assert s.next_deadline() == math.inf
     assert s.receive_ws_text("4late", T0) == (None, None)
-    assert s.receive_ws_binary(b"late") is None
+    assert s.receive_ws_binary(b"late", 0.0) is None
 
 
 # -- polling conflicts and aborts ---------------------------------------------------------------
@@ -431,7 +431,7 @@ def test_binary_frame_while_probing() -> None:
     s = make()
     s.begin_upgrade(T0)
     with pytest.raises(EngineIOProtocolError):
-        s.receive_ws_binary(b"x")
+        s.receive_ws_binary(b"x", 0.0)
 
 
 @pytest.mark.parametrize("probed", [False, True])
@@ -679,7 +679,7 @@ def test_random_operation_sequences(websocket: bool, ops: list[str]) -> None:
             elif op.startswith("ws:"):
                 s.receive_ws_text(op[3:], now)
             elif op == "ws-binary":
-                s.receive_ws_binary(b"\x01")
+                s.receive_ws_binary(b"\x01", 0.0)
             elif op.startswith("post:"):
                 s.receive_payload(op[5:].encode(), now)
             elif op in ("send", "send-bytes"):

@@ -64,6 +64,20 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     keepalive_timeout: float = 5.0
     # Proxies whose X-Forwarded-For is believed (addresses or CIDR networks).
     trusted_proxies: tuple[str, ...] = ()
+    # New connections and new sessions per client address (token bucket): a page load opens a
+    # couple; a NAT'd office starting up at once fits the burst; a flood does not.
+    connection_rate_per_address: float = 50.0
+    connection_burst_per_address: int = 200
+    # Engine.IO sessions one client address may hold at once (one keep-alive connection can
+    # otherwise open sessions without end), and overall.
+    max_sessions_per_address: int = 1000
+    max_sessions: int = 20000
+    # Packets a client may send (token bucket per session): a call set-up (offer, answer, a few
+    # dozen candidates, acks) fits the burst many times over, as does an app's burst of a thousand
+    # events; past it packets are dropped, and a client that keeps going event_burst packets past
+    # its allowance is disconnected.
+    event_rate: float = 100.0
+    event_burst: int = 1000
     # An offer or answer ({type, sdp}) as sent: browser SDPs run 3-20 KB (more with many codecs,
     # simulcast and data channels); 64 KiB fits any real one with room.
     max_sdp_bytes: int = 65536
@@ -158,6 +172,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("request_head_timeout", "seconds for a request head to arrive", "s", _positive, "> 0"),
     Setting("keepalive_timeout", "seconds an idle keep-alive connection stays open", "s", _positive, "> 0"),
     Setting("trusted_proxies", "proxies whose X-Forwarded-For is trusted, comma separated (addresses or CIDRs)"),
+    Setting("connection_rate_per_address", "new connections and sessions an address regains per second", "/s",
+            _positive, "> 0"),
+    Setting("connection_burst_per_address", "new connections and sessions an address may open at once", "",
+            lambda v: v >= 1, ">= 1"),
+    Setting("max_sessions_per_address", "Engine.IO sessions one client address may hold", "", lambda v: v >= 1, ">= 1"),
+    Setting("max_sessions", "Engine.IO sessions at once", "", lambda v: v >= 1, ">= 1"),
+    Setting("event_rate", "packets a client regains per second (rate limit)", "/s", _positive, "> 0"),
+    Setting("event_burst", "packets a client may send at once; as many more past that and it is cut off", "",
+            lambda v: v >= 1, ">= 1"),
     Setting("max_sdp_bytes", "largest relayed offer or answer", "bytes", lambda v: 256 <= v <= 1 << 24, "256 B-16 MiB"),
     Setting(
         "max_candidate_bytes", "largest relayed ICE candidate", "bytes", lambda v: 64 <= v <= 1 << 20, "64 B-1 MiB"

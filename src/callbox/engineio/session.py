@@ -101,6 +101,7 @@ class CloseReason(enum.Enum):
     PING_TIMEOUT = "ping timeout"
     PARSE_ERROR = "parse error"  # a packet that is not Engine.IO / Socket.IO
     OUTBOX_FULL = "outbox full"  # the client does not read fast enough
+    RATE_LIMITED = "rate limited"  # the client kept sending far past its rate limit
     FORCED_CLOSE = "forced close"  # the application closed it
     SERVER_SHUTDOWN = "server shutting down"
 
@@ -146,6 +147,11 @@ class EngineSession:
         "_probed",
         "_noop_sent",
         "_upgrade_by",
+        "event_rate",
+        "event_burst",
+        "_tokens",
+        "_tokens_at",
+        "dropped",
     )
 
     def __init__(
@@ -157,6 +163,8 @@ class EngineSession:
         ping_interval: float,
         ping_timeout: float,
         max_outbox_bytes: int,
+        event_rate: float = math.inf,
+        event_burst: int = 1 << 30,
     ) -> None:
         self.sid = sid
         self.state = _S.WEBSOCKET if websocket else _S.POLLING
@@ -173,6 +181,14 @@ class EngineSession:
         self._probed = False
         self._noop_sent = False  # the GET pending at the probe was released with a noop
         self._upgrade_by: float | None = None
+        # Rate limit: a token bucket of event_burst packets refilled at event_rate a second. A
+        # packet with no token is dropped (counted in ``dropped`` for the caller to report); the
+        # debt is kept, and a client event_burst packets in debt is closed.
+        self.event_rate = event_rate
+        self.event_burst = event_burst
+        self._tokens = float(event_burst)
+        self._tokens_at = now
+        self.dropped = 0
 
     # -- state --------------------------------------------------------------------------------
 
@@ -287,8 +303,27 @@ class EngineSession:
 
     # -- receiving ----------------------------------------------------------------------------
 
+    def _admit(self, now: float) -> bool:
+        """Take a token for one packet from the client. False: drop the packet."""
+        if self.event_rate == math.inf:
+            return True
+        tokens = self._tokens
+        if now > self._tokens_at:
+            tokens = min(float(self.event_burst), tokens + (now - self._tokens_at) * self.event_rate)
+            self._tokens_at = now
+        tokens -= 1.0
+        self._tokens = tokens
+        if tokens >= 0.0:
+            return True
+        self.dropped += 1
+        if tokens <= -self.event_burst:
+            self.close(CloseReason.RATE_LIMITED, now)
+        return False
+
     def _receive_packet(self, packet: Packet, now: float, *, websocket: bool) -> str | bytes | None:
         ptype, data = packet
+        if not self._admit(now):
+            return None
         if ptype is PacketType.MESSAGE:
             return data if self.is_open else None
         if ptype is PacketType.PONG:
@@ -319,15 +354,15 @@ class EngineSession:
         if self.state is _S.UPGRADING:
             return None, self._receive_upgrade_frame(text)
         if text[:1] == "4":  # the hot path: skip the general decoder for plain messages
-            return (text[1:] if self.state is _S.WEBSOCKET else None), None
+            return (text[1:] if self.state is _S.WEBSOCKET and self._admit(now) else None), None
         msg = self._receive_packet(decode_text_packet(text), now, websocket=True)
         assert not isinstance(msg, bytes)
         return msg, None
 
-    def receive_ws_binary(self, data: bytes) -> bytes | None:
+    def receive_ws_binary(self, data: bytes, now: float) -> bytes | None:
         if self.state is _S.UPGRADING:
             raise EngineIOProtocolError("binary frame on a WebSocket that is still probing")
-        return data if self.state is _S.WEBSOCKET else None
+        return data if self.state is _S.WEBSOCKET and self._admit(now) else None
 
     # -- long-polling -------------------------------------------------------------------------
 

@@ -50,6 +50,7 @@ from ..engineio import (
     TransportMismatch,
 )
 from ..metrics import Counter, Gauge, Registry
+from ..ratelimit import RateLimiter
 from .http import ProxyTrust, StaticFiles
 
 __all__ = ["EngineApp", "EngineSocket", "EngineServer"]
@@ -86,13 +87,16 @@ class EngineSocket:
     """One Engine.IO session as the application sees it: send text or bytes, close, and a
     ``state`` slot for the application's own use."""
 
-    __slots__ = ("core", "server", "remote_address", "state", "_lot", "_ws", "_stream", "_ws_scope", "_wlock")
+    __slots__ = (
+        "core", "server", "remote_address", "state", "_limited", "_lot", "_ws", "_stream", "_ws_scope", "_wlock",
+    )
 
     def __init__(self, server: EngineServer, core: EngineSession, remote_address: str) -> None:
         self.core = core
         self.server = server
         self.remote_address = remote_address
         self.state: Any = None
+        self._limited = False  # its rate limit has dropped packets (logged once)
         self._lot = trio.lowlevel.ParkingLot()
         self._ws: WSConnection | None = None  # the WebSocket this session writes to, once upgraded
         self._stream: Any | None = None
@@ -129,14 +133,25 @@ class EngineSocket:
         self._lot.unpark_all()
 
 
+def _smuggling_shape(request: h11.Request) -> bool:
+    """Transfer-Encoding and Content-Length together: RFC 9112 6.1 says close after answering; a
+    request shaped so is how smuggling through a proxy starts, so it is refused outright."""
+    names = {name for name, _ in request.headers}
+    return b"transfer-encoding" in names and b"content-length" in names
+
+
 def _error_body(code: int) -> bytes:
     return msgspec.json.encode({"code": code, "message": _ERRORS[code]})
 
 
 class _HTTPError(Exception):
-    def __init__(self, status: int, code: int) -> None:
+    def __init__(self, status: int, code: int, *, retry_after: bool = False) -> None:
         self.status = status
         self.code = code
+        self.retry_after = retry_after
+
+
+_STATUS_TEXT = {408: b"Request timeout\n", 413: b"Payload too large\n"}
 
 
 class EngineServer:
@@ -149,7 +164,9 @@ class EngineServer:
         self.metrics = metrics or getattr(app, "metrics", None) or Registry()
         self.draining = False
         self.connections = 0  # open TCP connections
-        self._per_address: dict[str, int] = {}
+        self._per_address: dict[str, int] = {}  # open TCP connections by client address
+        self._per_address_sessions: dict[str, int] = {}
+        self._address_rate = RateLimiter()  # new connections and sessions by client address
         self._proxies = ProxyTrust(config.trusted_proxies)
         self._static = StaticFiles(config.static) if config.static else None
         self._nursery: trio.Nursery | None = None
@@ -161,8 +178,15 @@ class EngineServer:
             "callbox_http_refused_total",
             "Connections and requests refused or cut off, by reason.",
             ["reason"],
-            initial=[(r,) for r in ("max_connections", "max_connections_per_address", "head_timeout",
+            initial=[(r,) for r in ("max_connections", "max_connections_per_address", "connection_rate_per_address",
+                                    "max_sessions", "max_sessions_per_address", "head_timeout", "body_timeout",
                                     "bad_request", "draining")],
+        ))
+        self.rate_limited = self.metrics.add(Counter(
+            "callbox_rate_limited_total",
+            "Client packets dropped by the per-session rate limit, and sessions cut off for flooding.",
+            ["action"],
+            initial=[("dropped",), ("disconnected",)],
         ))
         self.metrics.add(Gauge(
             "callbox_connections", "Open Engine.IO sessions by transport.", ["transport"], fn=self._count_transports
@@ -218,9 +242,33 @@ class EngineServer:
         if self.sessions:
             await self._sessions_gone.wait()
 
+    def _admit_session(self, address: str) -> None:
+        """May ``address`` open one more session? Else the handshake is refused (503/429)."""
+        if self._per_address_sessions.get(address, 0) >= self.config.max_sessions_per_address:
+            self.refused.inc("max_sessions_per_address")
+            raise _HTTPError(503, 3, retry_after=True)
+        if len(self.sessions) >= self.config.max_sessions:
+            self.refused.inc("max_sessions")
+            raise _HTTPError(503, 3, retry_after=True)
+        if not self._address_rate.take(address, trio.current_time(), self.config.connection_burst_per_address,
+                                       self.config.connection_rate_per_address):
+            self.refused.inc("connection_rate_per_address")
+            raise _HTTPError(429, 3, retry_after=True)
+
+    def _new_session(self, remote: str, *, websocket: bool) -> EngineSocket:
+        cfg = self.config
+        core = EngineSession(
+            self._new_sid(), websocket=websocket, now=trio.current_time(),
+            ping_interval=cfg.ping_interval, ping_timeout=cfg.ping_timeout, max_outbox_bytes=cfg.max_outbox,
+            event_rate=cfg.event_rate, event_burst=cfg.event_burst,
+        )
+        return EngineSocket(self, core, remote)
+
     def _start_session(self, sock: EngineSocket) -> None:
         assert self._nursery is not None
         self.sessions[sock.sid] = sock
+        address = sock.remote_address
+        self._per_address_sessions[address] = self._per_address_sessions.get(address, 0) + 1
         self._nursery.start_soon(self._run_session, sock)
 
     def _new_sid(self) -> str:
@@ -239,6 +287,15 @@ class EngineServer:
             sock._lose(CloseReason.TRANSPORT_ERROR)
         finally:
             self.sessions.pop(core.sid, None)
+            address = sock.remote_address
+            left = self._per_address_sessions[address] - 1
+            if left:
+                self._per_address_sessions[address] = left
+            else:
+                del self._per_address_sessions[address]
+            if core.close_reason is CloseReason.RATE_LIMITED:
+                self.rate_limited.inc("disconnected")
+                log.info("session cut off for flooding", extra={"fields": {"sid": core.sid, "remote": address}})
             if self.draining and not self.sessions:
                 self._sessions_gone.set()
             if sock._ws_scope is not None:
@@ -316,13 +373,18 @@ class EngineServer:
                     return  # an idle keep-alive connection just closes
                 if not isinstance(event, h11.Request):
                     return
+                if _smuggling_shape(event):
+                    self.refused.inc("bad_request")
+                    await self._send_simple(conn, stream, 400, b"Bad request\n")
+                    return
                 if first:
                     counted = self._proxies.client_address(remote, event.headers)
                     refusal = self._admit(counted)
                     if refusal is not None:
                         counted = None
                         self.refused.inc(refusal)
-                        await self._send_simple(conn, stream, 503, b"Too many connections\n")
+                        status = 429 if refusal == "connection_rate_per_address" else 503
+                        await self._send_simple(conn, stream, status, b"Too many connections\n", retry_after=True)
                         return
                     self._per_address[counted] = self._per_address.get(counted, 0) + 1
                 keep_going = await self._handle_request(conn, stream, event, counted or remote)
@@ -357,6 +419,10 @@ class EngineServer:
             return "max_connections"
         if self._per_address.get(address, 0) >= self.config.max_connections_per_address:
             return "max_connections_per_address"
+        cfg = self.config
+        if not self._address_rate.take(address, trio.current_time(), cfg.connection_burst_per_address,
+                                       cfg.connection_rate_per_address):
+            return "connection_rate_per_address"
         return None
 
     async def _next_event(self, conn: h11.Connection, stream: Any) -> Any:
@@ -369,21 +435,27 @@ class EngineServer:
             return event
 
     async def _send(self, conn: h11.Connection, stream: Any, status: int,
-                    headers: list[tuple[str, str]], body: bytes) -> None:
+                    headers: list[tuple[str, str]], body: bytes, *, head: bool = False) -> None:
+        """One whole response in one write. ``head``: the request was HEAD, so headers only."""
         headers = [*headers, ("Content-Length", str(len(body)))]
         data = conn.send(h11.Response(status_code=status, headers=headers))
         assert data is not None
         out = [data]
-        if body:
+        if body and not head:
             out.append(conn.send(h11.Data(data=body)) or b"")
         out.append(conn.send(h11.EndOfMessage()) or b"")
         await stream.send_all(b"".join(out))
 
-    async def _send_simple(self, conn: h11.Connection, stream: Any, status: int, body: bytes) -> None:
+    async def _send_simple(self, conn: h11.Connection, stream: Any, status: int, body: bytes,
+                           *, retry_after: bool = False) -> None:
+        """A plain-text answer, then the connection closes."""
         if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
             return
+        headers = [("Content-Type", "text/plain"), ("Connection", "close")]
+        if retry_after:
+            headers.append(("Retry-After", "1"))
         try:
-            await self._send(conn, stream, status, [("Content-Type", "text/plain"), ("Connection", "close")], body)
+            await self._send(conn, stream, status, headers, body)
         except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
@@ -413,7 +485,11 @@ class EngineServer:
         target = request.target.decode("latin-1")
         path, _, query_string = target.partition("?")
         if path != self._path and path != self._path_noslash:
-            await self._drain_body(conn, stream, 0)
+            try:
+                await self._drain_body(conn, stream, 0)
+            except _HTTPError as err:
+                await self._send_simple(conn, stream, err.status, _STATUS_TEXT[err.status])
+                return False
             await self._plain_http(conn, stream, request.method, path)
             return True
         cors = self._cors_headers(request)
@@ -463,32 +539,37 @@ class EngineServer:
                 return await self._post(conn, stream, request, sock, cors)
             raise _HTTPError(400, 3)
         except _HTTPError as err:
-            await self._drain_body(conn, stream, 0, tolerate=True)
+            if err.status != 408:
+                await self._drain_body(conn, stream, 0, tolerate=True)
             headers = [*(cors or []), ("Content-Type", "application/json")]
+            if err.retry_after:
+                headers.append(("Retry-After", "1"))
             if conn.their_state is not h11.DONE:
                 headers.append(("Connection", "close"))
-            await self._send(conn, stream, err.status, headers, _error_body(err.code))
+            await self._send(conn, stream, err.status, headers, _error_body(err.code), head=request.method == b"HEAD")
             return conn.their_state is h11.DONE
 
     async def _plain_http(self, conn: h11.Connection, stream: Any, method: bytes, path: str) -> None:
         """Health, readiness, metrics and static files."""
         text = [("Content-Type", "text/plain; charset=utf-8")]
+        head = method == b"HEAD"
         if method not in (b"GET", b"HEAD"):
             await self._send(conn, stream, 405, [*text, ("Allow", "GET, HEAD")], b"Method not allowed\n")
         elif path == "/healthz":
-            await self._send(conn, stream, 200, text, b"ok\n")
+            await self._send(conn, stream, 200, text, b"ok\n", head=head)
         elif path == "/readyz":
             if self.draining:
-                await self._send(conn, stream, 503, text, b"draining\n")
+                await self._send(conn, stream, 503, text, b"draining\n", head=head)
             else:
-                await self._send(conn, stream, 200, text, b"ready\n")
+                await self._send(conn, stream, 200, text, b"ready\n", head=head)
         elif path == "/metrics":
             body = self.metrics.render()
-            await self._send(conn, stream, 200, [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], body)
+            await self._send(conn, stream, 200, [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")], body,
+                             head=head)
         elif self._static is not None and (file := self._static.resolve(path)) is not None:
             await self._send_file(conn, stream, method, file)
         else:
-            await self._send(conn, stream, 404, text, b"Not found\n")
+            await self._send(conn, stream, 404, text, b"Not found\n", head=head)
 
     async def _send_file(self, conn: h11.Connection, stream: Any, method: bytes, file: str) -> None:
         async with await trio.open_file(file, "rb") as f:
@@ -503,20 +584,27 @@ class EngineServer:
 
     async def _drain_body(self, conn: h11.Connection, stream: Any, limit: int,
                           *, tolerate: bool = False) -> bytes:
-        """Read the request body, refusing more than ``limit`` bytes."""
+        """Read the request body, refusing more than ``limit`` bytes, or one that does not arrive
+        within ``request_head_timeout`` (slow-loris on the body)."""
         chunks: list[bytes] = []
         size = 0
-        while conn.their_state is h11.SEND_BODY:
-            if size > limit:
-                if tolerate:
-                    return b""
-                raise _HTTPError(413, 3)
-            event = await self._next_event(conn, stream)
-            if isinstance(event, h11.Data):
-                size += len(event.data)
-                chunks.append(bytes(event.data))
-            elif isinstance(event, h11.EndOfMessage):
-                break
+        with trio.move_on_after(self.config.request_head_timeout) as scope:
+            while conn.their_state is h11.SEND_BODY:
+                if size > limit:
+                    if tolerate:
+                        return b""
+                    raise _HTTPError(413, 3)
+                event = await self._next_event(conn, stream)
+                if isinstance(event, h11.Data):
+                    size += len(event.data)
+                    chunks.append(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+        if scope.cancelled_caught:
+            self.refused.inc("body_timeout")
+            if tolerate:
+                return b""
+            raise _HTTPError(408, 3)
         if size > limit:
             if tolerate:
                 return b""
@@ -527,12 +615,9 @@ class EngineServer:
 
     async def _open_polling(self, remote: str) -> bytes:
         cfg = self.config
-        core = EngineSession(
-            self._new_sid(), websocket=False, now=trio.current_time(),
-            ping_interval=cfg.ping_interval, ping_timeout=cfg.ping_timeout,
-            max_outbox_bytes=cfg.max_outbox,
-        )
-        sock = EngineSocket(self, core, remote)
+        self._admit_session(remote)
+        sock = self._new_session(remote, websocket=False)
+        core = sock.core
         body = core.handshake_packet(upgrades=["websocket"], max_payload=cfg.max_payload).encode()
         self._start_session(sock)
         await self._call_open(sock)
@@ -599,13 +684,26 @@ class EngineServer:
             log.info("session %s: %s", sock.sid, exc)
             sock._lose(CloseReason.PARSE_ERROR)
             raise _HTTPError(400, 3) from None
+        self._count_drops(sock)
         sock._lot.unpark_all()  # a pong moves the heartbeat; a close ends the session
-        await self._send(conn, stream, 200, [*cors, ("Content-Type", "text/html")], b"ok")
+        # Deliver, then answer: the client sends its next POST only after this one's "ok", so one
+        # client's messages are handled one at a time and in order, as over WebSocket.
         for message in messages:
             if not core.is_open:
                 break
             await self._deliver(sock, message)
+        await self._send(conn, stream, 200, [*cors, ("Content-Type", "text/html")], b"ok")
         return True
+
+    def _count_drops(self, sock: EngineSocket) -> None:
+        """Report packets the session's rate limit dropped (logged once per session)."""
+        core = sock.core
+        if core.dropped:
+            if not sock._limited:
+                sock._limited = True
+                log.info("session rate limited", extra={"fields": {"sid": core.sid, "remote": sock.remote_address}})
+            self.rate_limited.inc("dropped", value=core.dropped)
+            core.dropped = 0
 
     async def _deliver(self, sock: EngineSocket, message: str | bytes) -> None:
         try:
@@ -627,6 +725,8 @@ class EngineServer:
             sock = self.sessions.get(sid)
             if sock is None:
                 raise _HTTPError(400, 1)
+        else:
+            self._admit_session(remote)
         await self._drain_body(conn, stream, 0)
         headers = [
             (b"Upgrade", b"websocket"),
@@ -638,12 +738,8 @@ class EngineServer:
         ws = WSConnection(ConnectionType.SERVER, trailing_data=bytes(trailing))
         cfg = self.config
         if sock is None:
-            core = EngineSession(
-                self._new_sid(), websocket=True, now=trio.current_time(),
-                ping_interval=cfg.ping_interval, ping_timeout=cfg.ping_timeout,
-                max_outbox_bytes=cfg.max_outbox,
-            )
-            sock = EngineSocket(self, core, remote)
+            sock = self._new_session(remote, websocket=True)
+            core = sock.core
             opening = core.handshake_packet(upgrades=[], max_payload=cfg.max_payload)
             await stream.send_all(ws.send(TextMessage(data=opening)))
             self._attach_ws(sock, ws, stream)
@@ -704,7 +800,9 @@ class EngineServer:
                                     self._attach_ws(sock, ws, stream)
                                     sock._lot.unpark_all()  # flush what waited during the upgrade
                             else:
-                                msg = core.receive_ws_binary(payload)
+                                msg = core.receive_ws_binary(payload, trio.current_time())
+                            if core.dropped:
+                                self._count_drops(sock)
                             if msg is not None:
                                 await self._deliver(sock, msg)
                             elif not core.is_open:

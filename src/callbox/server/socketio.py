@@ -62,7 +62,7 @@ class DisconnectReason:
 class Socket:
     """One client connected to one namespace."""
 
-    __slots__ = ("ack_requested", "auth", "client", "id", "namespace", "rooms", "state", "_connected")
+    __slots__ = ("ack_requested", "auth", "client", "id", "namespace", "rooms", "state", "_connected", "_early")
 
     def __init__(self, namespace: Namespace, client: _Client, auth: Any) -> None:
         self.id = secrets.token_urlsafe(15)
@@ -75,6 +75,8 @@ class Socket:
         # the handler's return value is then the ack.
         self.ack_requested = False
         self._connected = False
+        # What the connect handler emits, sent right after the CONNECT answer (dropped if it refuses).
+        self._early: list[list[str | bytes]] | None = []
 
     @property
     def connected(self) -> bool:
@@ -89,9 +91,14 @@ class Socket:
         return self.client.esock.remote_address
 
     def emit(self, event: str, *args: Any) -> bool:
-        """Send an event to this client. False if it is gone (nothing was sent)."""
+        """Send an event to this client. False if it is gone (nothing was sent).
+
+        From the connect handler, events wait for the CONNECT answer and follow it."""
         if not self._connected:
-            return False
+            if self._early is None:
+                return False
+            self._early.append(_event_messages(self.namespace.name, event, args, None))
+            return True
         return self.client.send_packet(_event_messages(self.namespace.name, event, args, None))
 
     def send_raw(self, encoded: list[str | bytes]) -> bool:
@@ -408,6 +415,7 @@ class SocketIO:
             try:
                 await _call(ns._connect, sock, packet.data)
             except ConnectionRefused as refusal:
+                sock._early = None
                 body: dict[str, Any] = {"message": refusal.message}
                 if refusal.data is not None:
                     body["data"] = refusal.data
@@ -419,6 +427,9 @@ class SocketIO:
         client.sockets[name] = sock
         ns.sockets[sock.id] = sock
         client.send_packet([encode_packet(PacketType.CONNECT, name, {"sid": sock.id})])
+        early, sock._early = sock._early, None
+        for messages in early or ():
+            client.send_packet(messages)
 
     async def _handle_event(self, sock: Socket, packet: Packet) -> None:
         ns = sock.namespace

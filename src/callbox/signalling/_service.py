@@ -25,6 +25,7 @@ import trio
 
 from ..config import Config
 from ..metrics import Registry as MetricsRegistry
+from ..ratelimit import RateLimiter
 from ..turn import ice_servers
 from ._errors import ErrorCode, SignallingError
 from ._observe import Observer
@@ -54,7 +55,6 @@ from ._payloads import (
     Reject,
     UserJoined,
 )
-from ._ratelimit import RateLimiter
 from ._registry import Ended, MemoryRegistry, Registry
 from ._state import CallEvent, Outcome
 

@@ -1,4 +1,4 @@
-"""Token buckets per key (a user id), sans-IO: the caller passes the time.
+"""Token buckets per key (a user id, a client address), sans-IO: the caller passes the time.
 
 A bucket holds up to ``burst`` tokens and refills at ``rate`` tokens a second; each attempt takes
 one, or is refused when none is left. A full bucket is the same as no bucket, so buckets that have
