@@ -15,6 +15,8 @@ one ``send_all``; a poll is answered by the connection task that holds it.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import os
 import secrets
@@ -89,6 +91,7 @@ class EngineSocket:
 
     __slots__ = (
         "core", "server", "remote_address", "state", "_limited", "_lot", "_ws", "_stream", "_ws_scope", "_wlock",
+        "_write_scope",
     )
 
     def __init__(self, server: EngineServer, core: EngineSession, remote_address: str) -> None:
@@ -104,6 +107,7 @@ class EngineSocket:
         # The session task and the reader (for pongs to WebSocket pings, close answers) both
         # write to an upgraded WebSocket; this keeps their writes whole.
         self._wlock: trio.Lock | None = None
+        self._write_scope: trio.CancelScope | None = None  # the WebSocket write under way, if any
 
     @property
     def sid(self) -> str:
@@ -121,6 +125,8 @@ class EngineSocket:
         """Queue a message; False if the session is closed (or was just closed for being slow)."""
         ok = self.core.send(data, 0.0)
         self._lot.unpark_all()
+        if not ok and self._write_scope is not None:
+            self._write_scope.cancel()  # cut off as too slow: abandon the write it is stuck in
         return ok
 
     def close(self, reason: CloseReason = CloseReason.FORCED_CLOSE) -> None:
@@ -131,6 +137,31 @@ class EngineSocket:
     def _lose(self, reason: CloseReason) -> None:
         self.core.lost(reason)
         self._lot.unpark_all()
+        if self._write_scope is not None:
+            self._write_scope.cancel()
+
+
+def _websocket_key(request: h11.Request) -> bytes:
+    """The Sec-WebSocket-Key of a valid RFC 6455 opening handshake, or the HTTP error to answer."""
+    headers: dict[bytes, bytes] = {}
+    for name, value in request.headers:
+        headers[name] = headers[name] + b"," + value if name in headers else value
+    if headers.get(b"sec-websocket-version", b"").strip() != b"13":
+        raise _HTTPError(426, 3, headers=(("Sec-WebSocket-Version", "13"),))
+    tokens = {t.strip().lower() for t in headers.get(b"connection", b"").split(b",")}
+    key = headers.get(b"sec-websocket-key", b"").strip()
+    try:
+        valid_key = len(base64.b64decode(key, validate=True)) == 16
+    except (binascii.Error, ValueError):
+        valid_key = False
+    if b"upgrade" not in tokens or not valid_key:
+        raise _HTTPError(400, 3)
+    return key
+
+
+def _head_size(request: h11.Request) -> int:
+    """About the bytes of a request head (h11 bounds only heads that arrive in pieces)."""
+    return len(request.target) + sum(len(name) + len(value) + 4 for name, value in request.headers)
 
 
 def _smuggling_shape(request: h11.Request) -> bool:
@@ -145,10 +176,30 @@ def _error_body(code: int) -> bytes:
 
 
 class _HTTPError(Exception):
-    def __init__(self, status: int, code: int, *, retry_after: bool = False) -> None:
+    def __init__(self, status: int, code: int, *, retry_after: bool = False,
+                 headers: tuple[tuple[str, str], ...] = ()) -> None:
         self.status = status
         self.code = code
         self.retry_after = retry_after
+        self.headers = headers
+
+
+def _finish_request_nowait(conn: h11.Connection) -> None:
+    """Read what is left of the request from h11's buffer, without waiting for more bytes."""
+    while conn.their_state is h11.SEND_BODY:
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError:
+            return
+        if event is h11.NEED_DATA or isinstance(event, h11.EndOfMessage):
+            return
+
+
+def _declared_length(request: h11.Request) -> int:
+    for name, value in request.headers:
+        if name == b"content-length":
+            return int(value)  # h11 has checked it is a number
+    return 0
 
 
 _STATUS_TEXT = {408: b"Request timeout\n", 413: b"Payload too large\n"}
@@ -342,11 +393,14 @@ class EngineServer:
         # A write that cannot finish by the time a silent peer would be declared dead means the
         # peer is not reading: give up on it rather than block this session forever.
         with trio.move_on_after(sock.core.ping_interval + sock.core.ping_timeout) as scope:
+            sock._write_scope = scope
             try:
                 async with lock:
                     await stream.send_all(data)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 sock._lose(CloseReason.TRANSPORT_CLOSE)
+            finally:
+                sock._write_scope = None
         if scope.cancelled_caught:
             sock._lose(CloseReason.TRANSPORT_ERROR)
 
@@ -376,6 +430,10 @@ class EngineServer:
                 if _smuggling_shape(event):
                     self.refused.inc("bad_request")
                     await self._send_simple(conn, stream, 400, b"Bad request\n")
+                    return
+                if _head_size(event) > MAX_REQUEST_HEAD:
+                    self.refused.inc("bad_request")
+                    await self._send_simple(conn, stream, 431, b"Bad request\n")
                     return
                 if first:
                     counted = self._proxies.client_address(remote, event.headers)
@@ -539,9 +597,8 @@ class EngineServer:
                 return await self._post(conn, stream, request, sock, cors)
             raise _HTTPError(400, 3)
         except _HTTPError as err:
-            if err.status != 408:
-                await self._drain_body(conn, stream, 0, tolerate=True)
-            headers = [*(cors or []), ("Content-Type", "application/json")]
+            _finish_request_nowait(conn)  # a body we would discard is not waited for: we close instead
+            headers = [*(cors or []), ("Content-Type", "application/json"), *err.headers]
             if err.retry_after:
                 headers.append(("Retry-After", "1"))
             if conn.their_state is not h11.DONE:
@@ -582,8 +639,7 @@ class EngineServer:
                     await stream.send_all(conn.send(h11.Data(data=chunk)) or b"")
             await stream.send_all(conn.send(h11.EndOfMessage()) or b"")
 
-    async def _drain_body(self, conn: h11.Connection, stream: Any, limit: int,
-                          *, tolerate: bool = False) -> bytes:
+    async def _drain_body(self, conn: h11.Connection, stream: Any, limit: int) -> bytes:
         """Read the request body, refusing more than ``limit`` bytes, or one that does not arrive
         within ``request_head_timeout`` (slow-loris on the body)."""
         chunks: list[bytes] = []
@@ -591,8 +647,6 @@ class EngineServer:
         with trio.move_on_after(self.config.request_head_timeout) as scope:
             while conn.their_state is h11.SEND_BODY:
                 if size > limit:
-                    if tolerate:
-                        return b""
                     raise _HTTPError(413, 3)
                 event = await self._next_event(conn, stream)
                 if isinstance(event, h11.Data):
@@ -602,12 +656,8 @@ class EngineServer:
                     break
         if scope.cancelled_caught:
             self.refused.inc("body_timeout")
-            if tolerate:
-                return b""
             raise _HTTPError(408, 3)
         if size > limit:
-            if tolerate:
-                return b""
             raise _HTTPError(413, 3)
         return b"".join(chunks)
 
@@ -647,7 +697,10 @@ class EngineServer:
                 async def watch_abort() -> None:
                     # A client that gives up on its GET closes the connection: it has gone.
                     nonlocal aborted
-                    data = await stream.receive_some(RECEIVE_SIZE)
+                    try:
+                        data = await stream.receive_some(RECEIVE_SIZE)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        data = b""  # a reset is a client gone too
                     if data:
                         conn.receive_data(data)  # a pipelined request: keep it for later
                         await trio.sleep_forever()
@@ -672,6 +725,8 @@ class EngineServer:
                     sock: EngineSocket, cors: list[tuple[str, str]]) -> bool:
         core = sock.core
         try:
+            if _declared_length(request) > self.config.max_payload:
+                raise _HTTPError(413, 3)  # refused before reading a byte of it
             body = await self._drain_body(conn, stream, self.config.max_payload)
         except _HTTPError:
             sock._lose(CloseReason.TRANSPORT_ERROR)
@@ -717,9 +772,7 @@ class EngineServer:
 
     async def _websocket(self, conn: h11.Connection, stream: Any, request: h11.Request,
                          sid: str | None, remote: str) -> None:
-        key = next((v for n, v in request.headers if n == b"sec-websocket-key"), None)
-        if key is None:
-            raise _HTTPError(400, 3)
+        key = _websocket_key(request)
         sock: EngineSocket | None = None
         if sid is not None:
             sock = self.sessions.get(sid)
@@ -805,10 +858,11 @@ class EngineServer:
                                 self._count_drops(sock)
                             if msg is not None:
                                 await self._deliver(sock, msg)
-                            elif not core.is_open:
+                            if not core.is_open:
+                                # Closed (by the client, a handler, the rate limit): read no more of
+                                # what is buffered; the session task writes the close and ends us.
                                 sock._lot.unpark_all()
-                                if core.state is SessionState.CLOSED:
-                                    raise _WSDone
+                                raise _WSDone
                         elif isinstance(event, Ping):
                             control.append(ws.send(event.response()))
                         elif isinstance(event, CloseConnection):
@@ -822,9 +876,15 @@ class EngineServer:
                 if control:
                     with trio.move_on_after(1):
                         await self._send_control(sock, stream, control, upgrading)
+                if core.state is SessionState.CLOSING and not upgrading:
+                    await trio.sleep_forever()  # until the session task has flushed its close
             except (EngineIOProtocolError, WSRemoteProtocolError) as exc:
-                log.info("session %s: %s", sock.sid, exc)
+                log.info("protocol error", extra={"fields": {"sid": sock.sid, "error": str(exc)}})
                 reason = CloseReason.PARSE_ERROR
+                if ws.state is WSState.OPEN:  # tell the client why, rather than just drop it
+                    with trio.move_on_after(1):
+                        frame = ws.send(CloseConnection(code=WSCloseCode.PROTOCOL_ERROR))
+                        await self._send_control(sock, stream, [frame], upgrading)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             finally:
