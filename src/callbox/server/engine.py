@@ -233,6 +233,10 @@ class EngineServer:
                                     "max_sessions", "max_sessions_per_address", "head_timeout", "body_timeout",
                                     "bad_request", "draining")],
         ))
+        self.closed = self.metrics.add(Counter(
+            "callbox_sessions_closed_total", "Engine.IO sessions ended, by reason.", ["reason"],
+            initial=[(r.value,) for r in CloseReason],
+        ))
         self.rate_limited = self.metrics.add(Counter(
             "callbox_rate_limited_total",
             "Client packets dropped by the per-session rate limit, and sessions cut off for flooding.",
@@ -321,6 +325,8 @@ class EngineServer:
         address = sock.remote_address
         self._per_address_sessions[address] = self._per_address_sessions.get(address, 0) + 1
         self._nursery.start_soon(self._run_session, sock)
+        log.info("session opened", extra={"fields": {"sid": sock.sid, "remote": address,
+                                                     "transport": "websocket" if sock._ws else "polling"}})
 
     def _new_sid(self) -> str:
         while True:
@@ -344,9 +350,11 @@ class EngineServer:
                 self._per_address_sessions[address] = left
             else:
                 del self._per_address_sessions[address]
-            if core.close_reason is CloseReason.RATE_LIMITED:
+            reason = core.close_reason or CloseReason.TRANSPORT_CLOSE
+            self.closed.inc(reason.value)
+            if reason is CloseReason.RATE_LIMITED:
                 self.rate_limited.inc("disconnected")
-                log.info("session cut off for flooding", extra={"fields": {"sid": core.sid, "remote": address}})
+            log.info("session closed", extra={"fields": {"sid": core.sid, "remote": address, "reason": reason.value}})
             if self.draining and not self.sessions:
                 self._sessions_gone.set()
             if sock._ws_scope is not None:
@@ -354,7 +362,7 @@ class EngineServer:
             sock._lot.unpark_all()
             with trio.CancelScope(shield=True):
                 try:
-                    await self.app.on_close(sock, core.close_reason or CloseReason.TRANSPORT_CLOSE)
+                    await self.app.on_close(sock, reason)
                 except Exception:
                     log.exception("close handler failed for session %s", core.sid)
 
