@@ -287,4 +287,4 @@ def test_readme_documents_every_setting() -> None:
 
     readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
     missing = [s.flag for s in SETTINGS if f"`{s.flag}` / `{s.env}`" not in readme]
-    assert not missing, f"README's settings table lacks {missing}"
+    assert not missing, f"README's settings table lacks {missing}: run .venv/bin/python scripts/readme_settings.py"

@@ -78,6 +78,8 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     # its allowance is disconnected.
     event_rate: float = 100.0
     event_burst: int = 1000
+    # WebSocket framing: our own codec, or wsproto's (both pass tests/test_wsframe.py).
+    ws_codec: str = "callbox"
     # An offer or answer ({type, sdp}) as sent: browser SDPs run 3-20 KB (more with many codecs,
     # simulcast and data channels); 64 KiB fits any real one with room.
     max_sdp_bytes: int = 65536
@@ -181,6 +183,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("event_rate", "packets a client regains per second (rate limit)", "/s", _positive, "> 0"),
     Setting("event_burst", "packets a client may send at once; as many more past that and it is cut off", "",
             lambda v: v >= 1, ">= 1"),
+    Setting("ws_codec", "WebSocket frame codec", "", lambda v: v in ("callbox", "wsproto"), "callbox or wsproto"),
     Setting("max_sdp_bytes", "largest relayed offer or answer", "bytes", lambda v: 256 <= v <= 1 << 24, "256 B-16 MiB"),
     Setting(
         "max_candidate_bytes", "largest relayed ICE candidate", "bytes", lambda v: 64 <= v <= 1 << 20, "64 B-1 MiB"

@@ -6,7 +6,7 @@ Lifetimes (each owner cleans up what it owns):
 - a session task owns its Engine.IO session: its heartbeat, its writes to a WebSocket, its
   close, and the application's close callback. Sessions outlive single requests and transports;
 - a connection task owns its TCP stream: it reads requests with h11, answers polls, and after a
-  WebSocket upgrade reads frames with wsproto and hands messages to the application inline (so
+  WebSocket upgrade reads frames (server/wsframe.py) and hands messages to the application inline (so
   the messages of one client are handled in order, with no task hop per message).
 
 Writes: a WebSocket is written only by its session's task, which drains the whole outbox into
@@ -28,18 +28,6 @@ from urllib.parse import parse_qsl, urlsplit
 import h11
 import msgspec
 import trio
-from wsproto.connection import Connection as WSConnection
-from wsproto.connection import ConnectionState as WSState
-from wsproto.connection import ConnectionType
-from wsproto.events import (
-    BytesMessage,
-    CloseConnection,
-    Message,
-    Ping,
-    TextMessage,
-)
-from wsproto.frame_protocol import CloseReason as WSCloseCode
-from wsproto.utilities import RemoteProtocolError as WSRemoteProtocolError
 from wsproto.utilities import generate_accept_token
 
 from ..config import Config
@@ -54,6 +42,7 @@ from ..engineio import (
 from ..metrics import Counter, Gauge, Registry
 from ..ratelimit import RateLimiter
 from .http import ProxyTrust, StaticFiles
+from .wsframe import BINARY, CLOSE, CODECS, PING, TEXT, WSCodec, WSProtocolError
 
 __all__ = ["EngineApp", "EngineSocket", "EngineServer"]
 
@@ -62,6 +51,11 @@ log = logging.getLogger("callbox.engine")
 # h11 refuses a request head larger than this: far above any real browser request (cookies
 # included), small enough that a client cannot make us hold much.
 MAX_REQUEST_HEAD = 16 * 1024
+# WebSocket close codes we send (RFC 6455 7.4.1); 1005 means the client's close gave none.
+PROTOCOL_ERROR, POLICY_VIOLATION = 1002, 1008
+# After refusing a client, read and drop what it still sends for up to this long (and this much),
+# so that our close reaches it instead of a reset.
+LINGER, LINGER_BYTES = 1.0, 1 << 20
 # Bytes read from a socket at once: one read takes a typical burst of small frames.
 RECEIVE_SIZE = 64 * 1024
 
@@ -101,7 +95,7 @@ class EngineSocket:
         self.state: Any = None
         self._limited = False  # its rate limit has dropped packets (logged once)
         self._lot = trio.lowlevel.ParkingLot()
-        self._ws: WSConnection | None = None  # the WebSocket this session writes to, once upgraded
+        self._ws: WSCodec | None = None  # the WebSocket this session writes to, once upgraded
         self._stream: Any | None = None
         self._ws_scope: trio.CancelScope | None = None  # cancels that WebSocket's reader
         # The session task and the reader (for pongs to WebSocket pings, close answers) both
@@ -389,15 +383,13 @@ class EngineServer:
         ws, stream, lock = sock._ws, sock._stream, sock._wlock
         assert ws is not None and stream is not None and lock is not None
         items = sock.core.take_output()
-        if ws.state is not WSState.OPEN:
+        if not ws.open:
             # The client's close frame came in while we had output queued: nobody will read it.
             sock._lose(CloseReason.TRANSPORT_CLOSE)
             return
-        data = b"".join(
-            [ws.send(TextMessage(data=x) if isinstance(x, str) else BytesMessage(data=x)) for x in items]
-        )
-        if sock.core.state is SessionState.CLOSED and ws.state is WSState.OPEN:
-            data += ws.send(CloseConnection(code=WSCloseCode.NORMAL_CLOSURE))
+        data = b"".join(map(ws.message, items))
+        if sock.core.state is SessionState.CLOSED:
+            data += ws.close()
         # A write that cannot finish by the time a silent peer would be declared dead means the
         # peer is not reading: give up on it rather than block this session forever.
         with trio.move_on_after(sock.core.ping_interval + sock.core.ping_timeout) as scope:
@@ -796,13 +788,13 @@ class EngineServer:
         ]
         await stream.send_all(conn.send(h11.InformationalResponse(status_code=101, headers=headers)) or b"")
         trailing, _ = conn.trailing_data
-        ws = WSConnection(ConnectionType.SERVER, trailing_data=bytes(trailing))
         cfg = self.config
+        ws: WSCodec = CODECS[cfg.ws_codec](cfg.max_payload, bytes(trailing))
         if sock is None:
             sock = self._new_session(remote, websocket=True)
             core = sock.core
             opening = core.handshake_packet(upgrades=[], max_payload=cfg.max_payload)
-            await stream.send_all(ws.send(TextMessage(data=opening)))
+            await stream.send_all(ws.message(opening))
             self._attach_ws(sock, ws, stream)
             self._start_session(sock)
             await self._call_open(sock)
@@ -811,21 +803,18 @@ class EngineServer:
                 sock.core.begin_upgrade(trio.current_time())
             except EngineIOProtocolError:
                 # Not a polling session (already upgraded, or upgrading): this WebSocket is refused.
-                await stream.send_all(ws.send(CloseConnection(code=WSCloseCode.POLICY_VIOLATION)))
+                await stream.send_all(ws.close(POLICY_VIOLATION))
                 return
         await self._read_ws(sock, ws, stream)
 
-    def _attach_ws(self, sock: EngineSocket, ws: WSConnection, stream: Any) -> None:
+    def _attach_ws(self, sock: EngineSocket, ws: WSCodec, stream: Any) -> None:
         sock._ws = ws
         sock._stream = stream
         sock._wlock = trio.Lock()
 
-    async def _read_ws(self, sock: EngineSocket, ws: WSConnection, stream: Any) -> None:
+    async def _read_ws(self, sock: EngineSocket, ws: WSCodec, stream: Any) -> None:
         """Read frames until the WebSocket or the session ends; messages go to the app inline."""
         core = sock.core
-        max_payload = self.config.max_payload
-        parts: list[Any] = []  # fragments of the message being received
-        size = 0
         reason = CloseReason.TRANSPORT_CLOSE
         upgrading = sock._ws is not ws
         control: list[bytes] = []  # frames the reader answers itself (pong, close, 3probe)
@@ -836,46 +825,37 @@ class EngineServer:
                     data = await stream.receive_some(RECEIVE_SIZE)
                     if not data:
                         break
-                    ws.receive_data(data)
-                    for event in ws.events():
-                        if isinstance(event, Message):
-                            size += len(event.data)
-                            if size > max_payload:
-                                reason = CloseReason.TRANSPORT_ERROR
-                                control.append(ws.send(CloseConnection(code=WSCloseCode.MESSAGE_TOO_BIG)))
-                                raise _WSDone
-                            parts.append(event.data)
-                            if not event.message_finished:
-                                continue
-                            payload = parts[0] if len(parts) == 1 else parts[0][:0].join(parts)
-                            parts = []
-                            size = 0
-                            msg: str | bytes | None
-                            if isinstance(payload, str):
-                                msg, reply = core.receive_ws_text(payload, trio.current_time())
-                                if reply is not None:
-                                    control.append(ws.send(TextMessage(data=reply)))
-                                    sock._lot.unpark_all()  # release a pending poll with a noop
-                                elif upgrading and core.state is SessionState.WEBSOCKET:
-                                    upgrading = False
-                                    self._attach_ws(sock, ws, stream)
-                                    sock._lot.unpark_all()  # flush what waited during the upgrade
-                            else:
-                                msg = core.receive_ws_binary(payload, trio.current_time())
-                            if core.dropped:
-                                self._count_drops(sock)
-                            if msg is not None:
-                                await self._deliver(sock, msg)
-                            if not core.is_open:
-                                # Closed (by the client, a handler, the rate limit): read no more of
-                                # what is buffered; the session task writes the close and ends us.
-                                sock._lot.unpark_all()
-                                raise _WSDone
-                        elif isinstance(event, Ping):
-                            control.append(ws.send(event.response()))
-                        elif isinstance(event, CloseConnection):
-                            if ws.state is not WSState.CLOSED:
-                                control.append(ws.send(event.response()))
+                    for kind, payload in ws.feed(data):
+                        msg: str | bytes | None
+                        if kind == TEXT:
+                            assert isinstance(payload, str)
+                            msg, reply = core.receive_ws_text(payload, trio.current_time())
+                            if reply is not None:
+                                control.append(ws.message(reply))
+                                sock._lot.unpark_all()  # release a pending poll with a noop
+                            elif upgrading and core.state is SessionState.WEBSOCKET:
+                                upgrading = False
+                                self._attach_ws(sock, ws, stream)
+                                sock._lot.unpark_all()  # flush what waited during the upgrade
+                        elif kind == BINARY:
+                            assert isinstance(payload, bytes)
+                            msg = core.receive_ws_binary(payload, trio.current_time())
+                        elif kind == PING:
+                            assert isinstance(payload, bytes)
+                            control.append(ws.pong(payload))
+                            continue
+                        else:
+                            assert kind == CLOSE and isinstance(payload, int)
+                            control.append(ws.close(payload))  # echo its code (none: an empty close)
+                            raise _WSDone
+                        if core.dropped:
+                            self._count_drops(sock)
+                        if msg is not None:
+                            await self._deliver(sock, msg)
+                        if not core.is_open:
+                            # Closed (by the client, a handler, the rate limit): read no more of
+                            # what is buffered; the session task writes the close and ends us.
+                            sock._lot.unpark_all()
                             raise _WSDone
                     if control:
                         await self._send_control(sock, stream, control, upgrading)
@@ -886,13 +866,21 @@ class EngineServer:
                         await self._send_control(sock, stream, control, upgrading)
                 if core.state is SessionState.CLOSING and not upgrading:
                     await trio.sleep_forever()  # until the session task has flushed its close
-            except (EngineIOProtocolError, WSRemoteProtocolError) as exc:
+            except (EngineIOProtocolError, WSProtocolError) as exc:
                 log.info("protocol error", extra={"fields": {"sid": sock.sid, "error": str(exc)}})
                 reason = CloseReason.PARSE_ERROR
-                if ws.state is WSState.OPEN:  # tell the client why, rather than just drop it
-                    with trio.move_on_after(1):
-                        frame = ws.send(CloseConnection(code=WSCloseCode.PROTOCOL_ERROR))
+                # Tell the client why, rather than just drop it.
+                frame = ws.close(exc.code if isinstance(exc, WSProtocolError) else PROTOCOL_ERROR)
+                if frame:
+                    with trio.move_on_after(LINGER):
                         await self._send_control(sock, stream, [frame], upgrading)
+                        # Read and drop what the client is still sending, so that closing does not
+                        # reset the connection before it has read our close frame.
+                        if isinstance(stream, trio.SocketStream):  # TLS streams cannot half-close
+                            await stream.send_eof()
+                        drained = 0
+                        while drained < LINGER_BYTES and (chunk := await stream.receive_some(RECEIVE_SIZE)):
+                            drained += len(chunk)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             finally:
