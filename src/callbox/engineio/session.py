@@ -86,7 +86,6 @@ _TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
     _S.CLOSING: frozenset({_S.CLOSED}),
     _S.CLOSED: frozenset(),
 }
-_OPEN_STATES = frozenset({_S.POLLING, _S.UPGRADING, _S.WEBSOCKET})
 
 
 class IllegalTransition(RuntimeError):
@@ -200,7 +199,8 @@ class EngineSession:
     @property
     def is_open(self) -> bool:
         """True until the session is closing or closed; only an open session takes messages."""
-        return self.state in _OPEN_STATES
+        state = self.state  # identity checks: cheaper than hashing the enum into a set
+        return state is not _S.CLOSING and state is not _S.CLOSED
 
     def handshake_packet(self, *, upgrades: list[str], max_payload: int) -> str:
         data = Handshake(

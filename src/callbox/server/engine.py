@@ -28,7 +28,6 @@ from urllib.parse import parse_qsl, urlsplit
 import h11
 import msgspec
 import trio
-from wsproto.utilities import generate_accept_token
 
 from ..config import Config
 from ..engineio import (
@@ -42,7 +41,7 @@ from ..engineio import (
 from ..metrics import Counter, Gauge, Registry
 from ..ratelimit import RateLimiter
 from .http import ProxyTrust, StaticFiles
-from .wsframe import BINARY, CLOSE, CODECS, PING, TEXT, WSCodec, WSProtocolError
+from .wsframe import BINARY, CLOSE, CODECS, PING, TEXT, WSCodec, WSProtocolError, accept_token
 
 __all__ = ["EngineApp", "EngineSocket", "EngineServer"]
 
@@ -784,7 +783,7 @@ class EngineServer:
         headers = [
             (b"Upgrade", b"websocket"),
             (b"Connection", b"Upgrade"),
-            (b"Sec-WebSocket-Accept", generate_accept_token(key)),
+            (b"Sec-WebSocket-Accept", accept_token(key)),
         ]
         await stream.send_all(conn.send(h11.InformationalResponse(status_code=101, headers=headers)) or b"")
         trailing, _ = conn.trailing_data

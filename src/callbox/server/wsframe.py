@@ -12,14 +12,17 @@ Violations raise :class:`WSProtocolError` with the close code to answer (1002 pr
 
 from __future__ import annotations
 
+import base64
+import hashlib
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
-from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import BytesMessage, CloseConnection, Message, Ping, TextMessage
+if TYPE_CHECKING:
+    from wsproto.connection import Connection
 
 __all__ = [
     "TEXT", "BINARY", "PING", "CLOSE", "WSEvent", "WSCodec", "WSProtocolError", "FrameCodec", "WsprotoCodec", "CODECS",
+    "accept_token",
 ]
 
 TEXT: Final = 1
@@ -206,21 +209,28 @@ def _close_code(payload: bytes) -> int:
 
 
 class WsprotoCodec:
-    """The same seam over wsproto's frame-level ``Connection``."""
+    """The same seam over wsproto's frame-level ``Connection`` (imported only when chosen)."""
 
     __slots__ = ("_ws", "_parts", "_size", "max_message")
 
     def __init__(self, max_message: int, trailing: bytes = b"") -> None:
-        self._ws = Connection(ConnectionType.SERVER, trailing_data=trailing)
+        from wsproto.connection import Connection, ConnectionType
+
+        self._ws: Connection = Connection(ConnectionType.SERVER, trailing_data=trailing)
         self._parts: list[str | bytes] = []
         self._size = 0
         self.max_message = max_message
 
     @property
     def open(self) -> bool:
+        from wsproto.connection import ConnectionState
+
         return self._ws.state is ConnectionState.OPEN
 
     def feed(self, data: bytes) -> list[WSEvent]:
+        from wsproto.connection import ConnectionState
+        from wsproto.events import CloseConnection, Message, Ping, TextMessage
+
         self._ws.receive_data(data)
         events: list[WSEvent] = []
         for event in self._ws.events():
@@ -247,15 +257,28 @@ class WsprotoCodec:
         return events
 
     def message(self, data: str | bytes) -> bytes:
+        from wsproto.events import BytesMessage, TextMessage
+
         return self._ws.send(TextMessage(data=data) if isinstance(data, str) else BytesMessage(data=data))
 
     def pong(self, payload: bytes) -> bytes:
+        from wsproto.events import Ping
+
         return self._ws.send(Ping(payload=payload).response())
 
     def close(self, code: int = NORMAL) -> bytes:
+        from wsproto.connection import ConnectionState
+        from wsproto.events import CloseConnection
+
         if self._ws.state not in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
             return b""
         return self._ws.send(CloseConnection(code=code))
+
+
+def accept_token(key: bytes) -> bytes:
+    """Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 4.2.2)."""
+    digest = hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
+    return base64.b64encode(digest)
 
 
 CODECS: Final[dict[str, Callable[[int, bytes], WSCodec]]] = {"callbox": FrameCodec, "wsproto": WsprotoCodec}

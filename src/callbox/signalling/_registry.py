@@ -162,7 +162,10 @@ class MemoryRegistry:
     # -- the calls' machine ---------------------------------------------------------------------
 
     def _call_moves(self, call: Call, event: CallEvent) -> Call:
-        moved = msgspec.structs.replace(call, state=transition(CALL_TRANSITIONS, call.state, event))
+        state = transition(CALL_TRANSITIONS, call.state, event)
+        if state is call.state:
+            return call  # a relay in a live call: a move onto itself, nothing to store
+        moved = msgspec.structs.replace(call, state=state)
         self.calls[call.id] = moved
         return moved
 

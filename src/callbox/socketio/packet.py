@@ -235,13 +235,20 @@ def encode_packet(
     return head + _encoder.encode(data).decode("utf-8")
 
 
+_BINARY = (bytes, bytearray, memoryview)
+_CONTAINERS = (list, tuple, dict)
+
+
 def has_binary(data: Any) -> bool:
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return True
-    if isinstance(data, (list, tuple)):
-        return any(has_binary(x) for x in data)
+    """Does ``data`` hold bytes anywhere (in lists, tuples, dicts)? Structs and Raw do not count:
+    msgspec encodes them as JSON."""
     if isinstance(data, dict):
-        return any(has_binary(x) for x in data.values())
+        data = data.values()
+    elif not isinstance(data, (list, tuple)):
+        return isinstance(data, _BINARY)
+    for item in data:
+        if isinstance(item, _BINARY) or (isinstance(item, _CONTAINERS) and has_binary(item)):
+            return True
     return False
 
 
