@@ -243,6 +243,11 @@ class EngineSession:
         heartbeat = self._pong_by if self._pong_by is not None else self._ping_at
         return heartbeat if self._upgrade_by is None else min(heartbeat, self._upgrade_by)
 
+    def dead_by(self) -> float:
+        """When a client that stopped reading would be declared dead by the heartbeat: a write
+        still stuck then has no reader to wait for."""
+        return self._pong_by if self._pong_by is not None else self._ping_at + self.ping_timeout
+
     def handle_timeout(self, now: float) -> None:
         """Act on whatever deadline has passed: ping, declare the peer dead, or drop the session."""
         if self.state is _S.CLOSED:

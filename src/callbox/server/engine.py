@@ -391,7 +391,7 @@ class EngineServer:
             data += ws.close()
         # A write that cannot finish by the time a silent peer would be declared dead means the
         # peer is not reading: give up on it rather than block this session forever.
-        with trio.move_on_after(sock.core.ping_interval + sock.core.ping_timeout) as scope:
+        with trio.move_on_at(sock.core.dead_by()) as scope:
             sock._write_scope = scope
             try:
                 async with lock:
@@ -400,8 +400,8 @@ class EngineServer:
                 sock._lose(CloseReason.TRANSPORT_CLOSE)
             finally:
                 sock._write_scope = None
-        if scope.cancelled_caught:
-            sock._lose(CloseReason.TRANSPORT_ERROR)
+        if scope.cancelled_caught:  # cut off as too slow, or silent past its heartbeat
+            sock._lose(CloseReason.PING_TIMEOUT)
 
     # -- HTTP ---------------------------------------------------------------------------------
 
@@ -467,8 +467,23 @@ class EngineServer:
                 else:
                     del self._per_address[counted]
             with trio.CancelScope(shield=True):
+                if conn.their_state is h11.SEND_BODY:
+                    await self._linger(stream)  # we answered before reading all it sent
                 with trio.move_on_after(1):
                     await stream.aclose()
+
+    async def _linger(self, stream: Any) -> None:
+        """Read and drop what the client still sends, for a moment, so that closing does not reset
+        the connection before the client has read our answer (or close frame)."""
+        with trio.move_on_after(LINGER):
+            try:
+                if isinstance(stream, trio.SocketStream):  # TLS streams cannot half-close
+                    await stream.send_eof()
+                drained = 0
+                while drained < LINGER_BYTES and (chunk := await stream.receive_some(RECEIVE_SIZE)):
+                    drained += len(chunk)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
 
     def _admit(self, address: str) -> str | None:
         """Why a new connection from ``address`` is refused, or None to let it in."""
@@ -600,10 +615,12 @@ class EngineServer:
             headers = [*(cors or []), ("Content-Type", "application/json"), *err.headers]
             if err.retry_after:
                 headers.append(("Retry-After", "1"))
-            if conn.their_state is not h11.DONE:
+            # A refused body (too large, too slow) ends the connection whether or not it all came.
+            keep = conn.their_state is h11.DONE and err.status not in (408, 413)
+            if not keep:
                 headers.append(("Connection", "close"))
             await self._send(conn, stream, err.status, headers, _error_body(err.code), head=request.method == b"HEAD")
-            return conn.their_state is h11.DONE
+            return keep
 
     async def _plain_http(self, conn: h11.Connection, stream: Any, method: bytes, path: str) -> None:
         """Health, readiness, metrics and static files."""
@@ -873,13 +890,7 @@ class EngineServer:
                 if frame:
                     with trio.move_on_after(LINGER):
                         await self._send_control(sock, stream, [frame], upgrading)
-                        # Read and drop what the client is still sending, so that closing does not
-                        # reset the connection before it has read our close frame.
-                        if isinstance(stream, trio.SocketStream):  # TLS streams cannot half-close
-                            await stream.send_eof()
-                        drained = 0
-                        while drained < LINGER_BYTES and (chunk := await stream.receive_some(RECEIVE_SIZE)):
-                            drained += len(chunk)
+                    await self._linger(stream)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             finally:
