@@ -22,7 +22,7 @@ import os
 import secrets
 import ssl
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 import h11
@@ -406,71 +406,84 @@ class EngineServer:
     # -- HTTP ---------------------------------------------------------------------------------
 
     async def _handle_connection(self, stream: Any) -> None:
-        cfg = self.config
         try:
             peer = getattr(stream, "transport_stream", stream).socket.getpeername()
             remote = str(peer[0]) if isinstance(peer, tuple) else str(peer)
         except OSError:
             return
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
         self.connections += 1
-        counted: str | None = None  # the client address this connection counts against
+        counted: list[str] = []  # the client address this connection counts against, once known
         try:
-            while True:
-                first = counted is None
-                with trio.move_on_after(cfg.request_head_timeout if first else cfg.keepalive_timeout) as scope:
-                    event = await self._next_event(conn, stream)
-                if scope.cancelled_caught:
-                    if first or conn.trailing_data[0]:
-                        self.refused.inc("head_timeout")  # slow-loris, or a silent client
-                    return  # an idle keep-alive connection just closes
-                if not isinstance(event, h11.Request):
-                    return
-                if _smuggling_shape(event):
-                    self.refused.inc("bad_request")
-                    await self._send_simple(conn, stream, 400, b"Bad request\n")
-                    return
-                if _head_size(event) > MAX_REQUEST_HEAD:
-                    self.refused.inc("bad_request")
-                    await self._send_simple(conn, stream, 431, b"Bad request\n")
-                    return
-                if first:
-                    counted = self._proxies.client_address(remote, event.headers)
-                    refusal = self._admit(counted)
-                    if refusal is not None:
-                        counted = None
-                        self.refused.inc(refusal)
-                        status = 429 if refusal == "connection_rate_per_address" else 503
-                        await self._send_simple(conn, stream, status, b"Too many connections\n", retry_after=True)
-                        return
-                    self._per_address[counted] = self._per_address.get(counted, 0) + 1
-                keep_going = await self._handle_request(conn, stream, event, counted or remote)
-                if not keep_going or conn.our_state is h11.MUST_CLOSE:
-                    return
-                try:
-                    conn.start_next_cycle()
-                except h11.LocalProtocolError:
-                    return
-        except h11.RemoteProtocolError as exc:
-            self.refused.inc("bad_request")
-            await self._send_simple(conn, stream, exc.error_status_hint, b"Bad request\n")
+            upgraded = await self._serve_http(stream, remote, counted)
+            if upgraded is not None:
+                # The connection is a WebSocket from here on; h11's state and the request went
+                # with _serve_http's frame, so they are not held for the WebSocket's whole life.
+                await self._read_ws(upgraded.sock, upgraded.ws, stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         except Exception:
             log.exception("connection failed", extra={"fields": {"remote": remote}})
         finally:
             self.connections -= 1
-            if counted is not None:
-                left = self._per_address[counted] - 1
+            for address in counted:
+                left = self._per_address[address] - 1
                 if left:
-                    self._per_address[counted] = left
+                    self._per_address[address] = left
                 else:
-                    del self._per_address[counted]
-            with trio.CancelScope(shield=True):
-                if conn.their_state is h11.SEND_BODY:
+                    del self._per_address[address]
+            with trio.CancelScope(shield=True), trio.move_on_after(1):
+                await stream.aclose()
+
+    async def _serve_http(self, stream: Any, remote: str, counted: list[str]) -> _Upgraded | None:
+        """HTTP/1.1 requests on one connection, until it closes or becomes a WebSocket."""
+        cfg = self.config
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_HEAD)
+        try:
+            while True:
+                first = not counted
+                with trio.move_on_after(cfg.request_head_timeout if first else cfg.keepalive_timeout) as scope:
+                    event = await self._next_event(conn, stream)
+                if scope.cancelled_caught:
+                    if first or conn.trailing_data[0]:
+                        self.refused.inc("head_timeout")  # slow-loris, or a silent client
+                    return None  # an idle keep-alive connection just closes
+                if not isinstance(event, h11.Request):
+                    return None
+                if _smuggling_shape(event):
+                    self.refused.inc("bad_request")
+                    await self._send_simple(conn, stream, 400, b"Bad request\n")
+                    return None
+                if _head_size(event) > MAX_REQUEST_HEAD:
+                    self.refused.inc("bad_request")
+                    await self._send_simple(conn, stream, 431, b"Bad request\n")
+                    return None
+                if first:
+                    address = self._proxies.client_address(remote, event.headers)
+                    refusal = self._admit(address)
+                    if refusal is not None:
+                        self.refused.inc(refusal)
+                        status = 429 if refusal == "connection_rate_per_address" else 503
+                        await self._send_simple(conn, stream, status, b"Too many connections\n", retry_after=True)
+                        return None
+                    self._per_address[address] = self._per_address.get(address, 0) + 1
+                    counted.append(address)
+                result = await self._handle_request(conn, stream, event, counted[0])
+                if isinstance(result, _Upgraded):
+                    return result
+                if not result or conn.our_state is h11.MUST_CLOSE:
+                    return None
+                try:
+                    conn.start_next_cycle()
+                except h11.LocalProtocolError:
+                    return None
+        except h11.RemoteProtocolError as exc:
+            self.refused.inc("bad_request")
+            await self._send_simple(conn, stream, exc.error_status_hint, b"Bad request\n")
+            return None
+        finally:
+            if conn.their_state is h11.SEND_BODY:
+                with trio.CancelScope(shield=True):
                     await self._linger(stream)  # we answered before reading all it sent
-                with trio.move_on_after(1):
-                    await stream.aclose()
 
     async def _linger(self, stream: Any) -> None:
         """Read and drop what the client still sends, for a moment, so that closing does not reset
@@ -553,7 +566,9 @@ class EngineServer:
         return None
 
     async def _handle_request(self, conn: h11.Connection, stream: Any,
-                              request: h11.Request, remote: str) -> bool:
+                              request: h11.Request, remote: str) -> bool | _Upgraded:
+        """Answer one request. True: the connection may carry another; False: close it; or the
+        WebSocket it became."""
         target = request.target.decode("latin-1")
         path, _, query_string = target.partition("?")
         if path != self._path and path != self._path_noslash:
@@ -592,8 +607,7 @@ class EngineServer:
             if transport == "websocket":
                 if not is_upgrade or request.method != b"GET":
                     raise _HTTPError(400, 3)
-                await self._websocket(conn, stream, request, sid, remote)
-                return False
+                return await self._websocket(conn, stream, request, sid, remote)
             if sid is None:
                 if request.method != b"GET":
                     raise _HTTPError(400, 2)
@@ -787,7 +801,7 @@ class EngineServer:
     # -- WebSocket ----------------------------------------------------------------------------
 
     async def _websocket(self, conn: h11.Connection, stream: Any, request: h11.Request,
-                         sid: str | None, remote: str) -> None:
+                         sid: str | None, remote: str) -> bool | _Upgraded:
         key = _websocket_key(request)
         sock: EngineSocket | None = None
         if sid is not None:
@@ -820,8 +834,8 @@ class EngineServer:
             except EngineIOProtocolError:
                 # Not a polling session (already upgraded, or upgrading): this WebSocket is refused.
                 await stream.send_all(ws.close(POLICY_VIOLATION))
-                return
-        await self._read_ws(sock, ws, stream)
+                return False
+        return _Upgraded(sock, ws)
 
     def _attach_ws(self, sock: EngineSocket, ws: WSCodec, stream: Any) -> None:
         sock._ws = ws
@@ -908,6 +922,11 @@ class EngineServer:
         else:
             async with sock._wlock:
                 await stream.send_all(b"".join(frames))
+
+
+class _Upgraded(NamedTuple):
+    sock: EngineSocket
+    ws: WSCodec
 
 
 class _WSDone(Exception):
