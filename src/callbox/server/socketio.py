@@ -102,7 +102,7 @@ class Socket:
         return self.client.send_packet(_event_messages(self.namespace.name, event, args, None))
 
     def send_raw(self, encoded: list[str | bytes]) -> bool:
-        """Send a packet encoded once by :meth:`Namespace.encode_event` (for fan-out)."""
+        """Send an already encoded packet (fan-out encodes once for all its targets)."""
         return self._connected and self.client.send_packet(encoded)
 
     async def call(self, event: str, *args: Any, timeout: float | None = None) -> tuple[Any, ...]:  # noqa: ASYNC109
@@ -195,9 +195,6 @@ class Namespace:
         return fn
 
     # -- emitting -------------------------------------------------------------------------------
-
-    def encode_event(self, event: str, *args: Any) -> list[str | bytes]:
-        return _event_messages(self.name, event, args, None)
 
     def emit(self, event: str, *args: Any, room: str | None = None, skip: Socket | None = None) -> int:
         """Send to every socket (or those in ``room``) but ``skip``; encoded once. Returns the count."""
