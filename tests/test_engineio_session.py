@@ -182,9 +182,9 @@ def test_polling_round_trip() -> None:
     s = make()
     s.begin_poll(T0)
     assert not s.poll_ready  # held until something is queued
-    assert s.send('2["hello"]', T0) is True
-    assert s.send(b"\x01\x02\x03", T0) is True
-    assert s.send("", T0) is True
+    assert s.send('2["hello"]') is True
+    assert s.send(b"\x01\x02\x03") is True
+    assert s.send("") is True
     assert s.poll_ready
     assert s.finish_poll() == b'42["hello"]\x1ebAQID\x1e4'
     assert not s.poll_ready and not s.has_output
@@ -195,14 +195,14 @@ def test_polling_round_trip() -> None:
 def test_finish_poll_body_is_utf8() -> None:
     s = make()
     s.begin_poll(T0)
-    s.send("héllo €😀", T0)
+    s.send("héllo €😀")
     assert s.finish_poll() == "4héllo €😀".encode()
 
 
 def test_websocket_output() -> None:
     s = make(websocket=True)
-    s.send("a", T0)
-    s.send(b"\x00", T0)
+    s.send("a")
+    s.send(b"\x00")
     assert s.take_output() == ["4a", b"\x00"]
     assert s.take_output() == []
 
@@ -246,12 +246,12 @@ def test_close_from_client_over_polling_releases_pending_get_with_noop() -> None
         s.begin_poll(T0)
     with pytest.raises(EngineIOProtocolError):
         s.receive_payload(b"4c", T0)
-    assert s.send("x", T0) is False
+    assert s.send("x") is False
 
 
 def test_close_from_client_over_websocket() -> None:
     s = make(websocket=True)
-    s.send("queued", T0)
+    s.send("queued")
     assert s.receive_ws_text("1", T0) == (None, None)
     assert s.state is S.CLOSED and s.close_reason is CloseReason.TRANSPORT_CLOSE
     assert not s.has_output
@@ -265,13 +265,13 @@ def test_close_from_client_over_websocket() -> None:
 
 def test_concurrent_poll_conflict() -> None:
     s = make()
-    s.send("dropped", T0)
+    s.send("dropped")
     s.begin_poll(T0)
     with pytest.raises(PollConflict):
         s.begin_poll(T0 + 1)
     assert s.state is S.CLOSING and not s.is_open
     assert s.close_reason is CloseReason.TRANSPORT_ERROR
-    assert s.send("x", T0 + 1) is False
+    assert s.send("x") is False
     assert s.poll_ready
     assert s.finish_poll() == b"1"  # the first GET gets the close packet
     assert s.state is S.CLOSED
@@ -292,11 +292,11 @@ def test_poll_conflict_unanswered_is_dropped_after_flush_timeout() -> None:
 def test_abort_poll_closes_the_session() -> None:
     s = make()
     s.begin_poll(T0)
-    s.send("x", T0)
+    s.send("x")
     s.abort_poll()
     assert s.state is S.CLOSED and s.close_reason is CloseReason.TRANSPORT_CLOSE
     assert not s.has_output
-    assert s.send("y", T0) is False
+    assert s.send("y") is False
     with pytest.raises(EngineIOProtocolError):
         s.begin_poll(T0)
 
@@ -319,13 +319,13 @@ def test_upgrade() -> None:
     assert not s.poll_ready
     assert s.receive_ws_text("2probe", T0) == (None, "3probe")
     assert s.poll_ready  # the pending GET is released with a noop ...
-    assert s.send("during", T0) is True
+    assert s.send("during") is True
     assert s.finish_poll() == b"6"  # ... and what is queued waits for the WebSocket
     assert s.has_output
     assert s.receive_payload(b"4from-polling", T0) == ["from-polling"]  # a POST still in flight
     assert s.receive_ws_text("5", T0) == (None, None)
     assert s.state is S.WEBSOCKET
-    s.send("after", T0)
+    s.send("after")
     assert s.take_output() == ["4during", "4after"]
     assert s.receive_ws_text("4hi", T0) == ("hi", None)
     with pytest.raises(EngineIOProtocolError):  # a later polling request: 400
@@ -336,7 +336,7 @@ def test_upgrade() -> None:
 
 def test_upgrade_with_data_queued_before_the_probe() -> None:
     s = make()
-    s.send("early", T0)
+    s.send("early")
     s.begin_upgrade(T0)
     s.begin_poll(T0)
     assert s.poll_ready
@@ -366,7 +366,7 @@ def test_pending_get_is_released_with_noop_once() -> None:
     assert s.finish_poll() == b"6"
     s.begin_poll(T0)  # a GET after the noop: served as usual, not released again
     assert not s.poll_ready
-    s.send("x", T0)
+    s.send("x")
     assert s.poll_ready
     assert s.finish_poll() == b"4x"
 
@@ -444,7 +444,7 @@ def test_upgrade_failed_goes_back_to_polling(probed: bool) -> None:
     assert s.state is S.POLLING and s.is_open
     s.begin_poll(T0)
     assert not s.poll_ready  # no longer released with a noop
-    s.send("x", T0)
+    s.send("x")
     assert s.finish_poll() == b"4x"
     s.begin_upgrade(T0)  # a new attempt starts from scratch: "5" before a probe is refused
     with pytest.raises(EngineIOProtocolError):
@@ -465,12 +465,12 @@ def test_upgrade_failed_outside_upgrading_changes_nothing() -> None:
 
 def test_close_over_websocket() -> None:
     s = make(websocket=True)
-    s.send("a", T0)
-    s.send(b"\x01", T0)
+    s.send("a")
+    s.send(b"\x01")
     s.close(CloseReason.FORCED_CLOSE, T0 + 1)
     assert s.state is S.CLOSING and not s.is_open
     assert s.close_reason is CloseReason.FORCED_CLOSE
-    assert s.send("late", T0 + 1) is False
+    assert s.send("late") is False
     assert s.receive_ws_text("4from-client", T0 + 1) == (None, None)  # a closing session takes no messages
     assert s.take_output() == ["4a", b"\x01", "1"]
     assert s.state is S.CLOSED
@@ -480,7 +480,7 @@ def test_close_over_websocket() -> None:
 
 def test_close_over_polling() -> None:
     s = make()
-    s.send("a", T0)
+    s.send("a")
     s.close(CloseReason.SERVER_SHUTDOWN, T0)
     s.begin_poll(T0)
     assert s.poll_ready
@@ -546,8 +546,8 @@ def test_send_on_a_closed_session(how: str) -> None:
         s.handle_timeout(T0 + INTERVAL)
         s.handle_timeout(T0 + INTERVAL + TIMEOUT)
     queued = s.has_output
-    assert s.send("x", T0) is False
-    assert s.send(b"x", T0) is False
+    assert s.send("x") is False
+    assert s.send(b"x") is False
     assert s.has_output == queued
 
 
@@ -556,26 +556,26 @@ def test_send_on_a_closed_session(how: str) -> None:
 
 def test_outbox_over_max_closes_with_outbox_full() -> None:
     s = make(websocket=True, max_outbox_bytes=10)
-    assert s.send("123", T0) is True  # "4123": 4
-    assert s.send(b"\x00\x01\x02\x03\x04\x05", T0) is True  # 10: at the bound
-    assert s.send("", T0) is False  # "4": 11
+    assert s.send("123") is True  # "4123": 4
+    assert s.send(b"\x00\x01\x02\x03\x04\x05") is True  # 10: at the bound
+    assert s.send("") is False  # "4": 11
     assert s.state is S.CLOSED and s.close_reason is CloseReason.OUTBOX_FULL
     assert not s.has_output
-    assert s.send("", T0) is False
+    assert s.send("") is False
 
 
 def test_outbox_counts_utf8_bytes_not_characters() -> None:
     # max_outbox is documented in bytes ("bytes queued for one client"); text goes out as UTF-8.
     s = make(websocket=True, max_outbox_bytes=10)
-    assert s.send("1", T0) is True  # "41": 2 bytes
-    assert s.send("😀😀", T0) is False  # "4😀😀": 9 bytes, 11 in all (but only 3 characters)
+    assert s.send("1") is True  # "41": 2 bytes
+    assert s.send("😀😀") is False  # "4😀😀": 9 bytes, 11 in all (but only 3 characters)
     assert s.close_reason is CloseReason.OUTBOX_FULL
 
 
 def test_outbox_drained_in_time_stays_open() -> None:
     s = make(websocket=True, max_outbox_bytes=10)
     for _ in range(20):
-        assert s.send("12345678", T0) is True
+        assert s.send("12345678") is True
         assert s.take_output() == ["412345678"]
     assert s.is_open
 
@@ -583,16 +583,16 @@ def test_outbox_drained_in_time_stays_open() -> None:
 def test_outbox_counts_the_pending_ping() -> None:
     s = make(websocket=True, max_outbox_bytes=10)
     s.handle_timeout(T0 + INTERVAL)  # "2" queued
-    assert s.send("12345678", T0 + INTERVAL) is True  # 1 + 9 = 10
-    assert s.send("", T0 + INTERVAL) is False
+    assert s.send("12345678") is True  # 1 + 9 = 10
+    assert s.send("") is False
     assert s.close_reason is CloseReason.OUTBOX_FULL
 
 
 def test_outbox_full_over_polling() -> None:
     s = make(max_outbox_bytes=8)
     s.begin_poll(T0)
-    s.send("1234", T0)
-    assert s.send("1234", T0) is False
+    s.send("1234")
+    assert s.send("1234") is False
     assert s.state is S.CLOSED and s.close_reason is CloseReason.OUTBOX_FULL
     assert s.poll_ready
     assert s.finish_poll() == b"6"
@@ -683,7 +683,7 @@ def test_random_operation_sequences(websocket: bool, ops: list[str]) -> None:
             elif op.startswith("post:"):
                 s.receive_payload(op[5:].encode(), now)
             elif op in ("send", "send-bytes"):
-                ok = s.send("m" * 10 if op == "send" else b"b" * 10, now)
+                ok = s.send("m" * 10 if op == "send" else b"b" * 10)
                 assert ok == s.is_open or s.close_reason is CloseReason.OUTBOX_FULL
             elif op == "close":
                 s.close(CloseReason.FORCED_CLOSE, now)

@@ -483,7 +483,7 @@ def test_sansio_unsolicited_pong_changes_nothing() -> None:
 
 def test_sansio_ping_over_polling_payload() -> None:
     s = session()
-    assert s.send("hello", 101.0)
+    assert s.send("hello")
     s.handle_timeout(125.0)
     s.begin_poll(125.0)
     assert s.poll_ready

@@ -277,7 +277,7 @@ class EngineSession:
         self._outbox.append(item)
         self._outbox_bytes += size
 
-    def send(self, data: str | bytes, now: float) -> bool:
+    def send(self, data: str | bytes) -> bool:
         """Queue a message. False if the session is no longer open (nothing was queued).
 
         A client that lets more than ``max_outbox_bytes`` pile up is too slow to keep: the

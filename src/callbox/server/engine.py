@@ -116,7 +116,7 @@ class EngineSocket:
 
     def send(self, data: str | bytes) -> bool:
         """Queue a message; False if the session is closed (or was just closed for being slow)."""
-        ok = self.core.send(data, 0.0)
+        ok = self.core.send(data)
         self._lot.unpark_all()
         if not ok and self._write_scope is not None:
             self._write_scope.cancel()  # cut off as too slow: abandon the write it is stuck in
