@@ -10,8 +10,7 @@ HEAD = "| flag / environment | default | meaning |\n|---|---|---|\n"
 defaults = Config()
 rows = []
 for s in SETTINGS:
-    value = getattr(defaults, s.name)
-    shown = (",".join(value) if isinstance(value, tuple) else str(value)) if value not in ("", ()) else "none"
+    shown = s.shown(getattr(defaults, s.name))
     rows.append(f"| `{s.flag}` / `{s.env}` | `{shown}`{UNITS.get(s.unit, '')} | {s.help} |")
 readme = pathlib.Path(__file__).parents[1] / "README.md"
 text = readme.read_text()

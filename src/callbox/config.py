@@ -143,6 +143,12 @@ class Setting:
     def env(self) -> str:
         return "CALLBOX_" + self.name.upper()
 
+    def shown(self, value: Any) -> str:
+        """A value as --help and the README show it."""
+        if value in ("", ()):
+            return "none"
+        return ",".join(value) if isinstance(value, tuple) else str(value)
+
     def check(self, value: Any) -> None:
         if self.valid is not None and not self.valid(value):
             shown = "the value" if self.secret else repr(value)
@@ -275,14 +281,13 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
     parser.add_argument("--config", metavar="FILE", help="TOML file of settings (env CALLBOX_CONFIG)")
     for s in SETTINGS:
         default = getattr(defaults, s.name)
-        shown = (",".join(default) if isinstance(default, tuple) else default) if default not in ("", ()) else "none"
         unit = f" {s.unit}" if s.unit else ""
         parser.add_argument(
             s.flag,
             dest=s.name,
             metavar=s.name.upper(),
             default=None,
-            help=f"{s.help} (default: {shown!s}{unit}; env {s.env})",
+            help=f"{s.help} (default: {s.shown(default)}{unit}; env {s.env})",
         )
     ns = parser.parse_args(argv)
     config_file = ns.config or environ.get("CALLBOX_CONFIG")

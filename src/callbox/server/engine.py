@@ -290,6 +290,12 @@ class EngineServer:
         if self.sessions:
             await self._sessions_gone.wait()
 
+    def _take_address_token(self, address: str) -> bool:
+        """New connections and new sessions share one bucket per client address."""
+        cfg = self.config
+        return self._address_rate.take(address, trio.current_time(), cfg.connection_burst_per_address,
+                                       cfg.connection_rate_per_address)
+
     def _admit_session(self, address: str) -> None:
         """May ``address`` open one more session? Else the handshake is refused (503/429)."""
         if self._per_address_sessions.get(address, 0) >= self.config.max_sessions_per_address:
@@ -298,8 +304,7 @@ class EngineServer:
         if len(self.sessions) >= self.config.max_sessions:
             self.refused.inc("max_sessions")
             raise _HTTPError(503, 3, retry_after=True)
-        if not self._address_rate.take(address, trio.current_time(), self.config.connection_burst_per_address,
-                                       self.config.connection_rate_per_address):
+        if not self._take_address_token(address):
             self.refused.inc("connection_rate_per_address")
             raise _HTTPError(429, 3, retry_after=True)
 
@@ -504,9 +509,7 @@ class EngineServer:
             return "max_connections"
         if self._per_address.get(address, 0) >= self.config.max_connections_per_address:
             return "max_connections_per_address"
-        cfg = self.config
-        if not self._address_rate.take(address, trio.current_time(), cfg.connection_burst_per_address,
-                                       cfg.connection_rate_per_address):
+        if not self._take_address_token(address):
             return "connection_rate_per_address"
         return None
 
