@@ -1,7 +1,6 @@
-"""atheris: the WebSocket codec as the server drives it (wsproto, server side), on arbitrary bytes
-after the handshake: messages are gathered up to a size limit, pings answered, a close answered.
-Only wsproto's RemoteProtocolError may come out (never a LocalProtocolError: the server must not
-make wsproto send in a state that forbids it)."""
+"""atheris: the server's WebSocket codec seam (callbox.server.wsframe) on arbitrary bytes after the
+handshake, for both codecs (ours, the default, and wsproto's): messages up to a size limit, pings
+answered, a close answered. Only WSProtocolError, with a close code to send, may come out."""
 
 from __future__ import annotations
 
@@ -11,10 +10,7 @@ import _common
 import atheris
 
 with atheris.instrument_imports(include=["wsproto", "callbox"]):
-    from wsproto.connection import Connection, ConnectionState, ConnectionType
-    from wsproto.events import CloseConnection, Message, Ping
-    from wsproto.frame_protocol import CloseReason
-    from wsproto.utilities import RemoteProtocolError
+    from callbox.server.wsframe import CLOSE, CODECS, PING, WSProtocolError
 
 MAX_PAYLOAD = 4096
 _ = _common
@@ -22,27 +18,18 @@ _ = _common
 
 def test_one_input(data: bytes) -> None:
     fdp = atheris.FuzzedDataProvider(data)
-    ws = Connection(ConnectionType.SERVER)
-    size = 0
+    codec = CODECS["wsproto" if fdp.ConsumeBool() else "callbox"](MAX_PAYLOAD, b"")
     try:
         while fdp.remaining_bytes():
-            ws.receive_data(fdp.ConsumeBytes(fdp.ConsumeIntInRange(1, 512)))
-            for event in ws.events():
-                if isinstance(event, Message):
-                    size += len(event.data)
-                    if size > MAX_PAYLOAD:
-                        ws.send(CloseConnection(code=CloseReason.MESSAGE_TOO_BIG))
-                        return
-                    if event.message_finished:
-                        size = 0
-                elif isinstance(event, Ping):
-                    ws.send(event.response())
-                elif isinstance(event, CloseConnection):
-                    if ws.state is not ConnectionState.CLOSED:
-                        ws.send(event.response())
+            for kind, payload in codec.feed(fdp.ConsumeBytes(fdp.ConsumeIntInRange(1, 512))):
+                if kind == PING:
+                    codec.pong(payload)  # type: ignore[arg-type]
+                elif kind == CLOSE:
+                    codec.close(payload)  # type: ignore[arg-type]
                     return
-    except RemoteProtocolError:
-        pass
+    except WSProtocolError as exc:
+        if exc.code not in (1002, 1007, 1009):
+            raise
 
 
 def main() -> None:

@@ -131,6 +131,14 @@ def test_outgoing_frames_are_exact(codec: WSCodec) -> None:
     assert codec.close(1000) == b""  # only one close frame, ever
 
 
+def test_a_ping_just_before_a_close_is_answered_safely(codec: WSCodec) -> None:
+    # Found by atheris: wsproto refused to send the pong once it had read the close behind the ping.
+    events = codec.feed(frame(PING, b"") + frame(CLOSE, close_payload(1000)))
+    assert events == [(PING, b""), (CLOSE, 1000)]
+    codec.pong(b"")
+    assert codec.close(1000) == b"\x88\x02\x03\xe8"
+
+
 def test_our_close_answers_theirs(codec: WSCodec) -> None:
     assert codec.feed(frame(CLOSE, close_payload(1001))) == [(CLOSE, 1001)]
     assert codec.close(1001) == b"\x88\x02\x03\xe9"

@@ -14,13 +14,10 @@ import msgspec
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from wsproto.connection import Connection, ConnectionState, ConnectionType
-from wsproto.events import CloseConnection, Message, Ping
-from wsproto.frame_protocol import CloseReason
-from wsproto.utilities import RemoteProtocolError
 
 from callbox import Config
 from callbox.engineio import EngineIOProtocolError, EngineSession
+from callbox.server.wsframe import CLOSE, CODECS, PING, WSCodec, WSProtocolError
 from callbox.signalling import MemoryRegistry, Session, Signalling
 from callbox.signalling._payloads import AckError, AckOk
 from callbox.socketio import Decoder, SocketIOProtocolError
@@ -116,7 +113,7 @@ def test_signalling_handles_any_payload(steps: list[tuple[str, str, list[Any], b
     trio.run(run)
 
 
-# -- the WebSocket codec, as the server drives it -------------------------------------------------------
+# -- the WebSocket codecs, as the server drives them -------------------------------------------------------
 
 OPCODES = st.sampled_from([0x0, 0x1, 0x2, 0x8, 0x9, 0xA, 0x3, 0xB, 0xF])
 
@@ -141,43 +138,34 @@ def frames(draw: Any) -> bytes:
     return head + payload
 
 
-def drive(chunks: list[bytes], max_payload: int = 1024) -> None:
-    """The server's use of wsproto (engine._read_ws): gather messages up to max_payload, answer pings,
-    answer a close once, stop at the close."""
-    ws = Connection(ConnectionType.SERVER)
-    size = 0
+def drive(codec: WSCodec, chunks: list[bytes]) -> None:
+    """What engine._read_ws does with the codec seam: feed, answer pings, answer a close and stop."""
     for chunk in chunks:
-        ws.receive_data(chunk)
-        for event in ws.events():
-            if isinstance(event, Message):
-                size += len(event.data)
-                if size > max_payload:
-                    ws.send(CloseConnection(code=CloseReason.MESSAGE_TOO_BIG))
-                    return
-                if event.message_finished:
-                    size = 0
-            elif isinstance(event, Ping):
-                ws.send(event.response())
-            elif isinstance(event, CloseConnection):
-                if ws.state is not ConnectionState.CLOSED:
-                    ws.send(event.response())
+        for kind, payload in codec.feed(chunk):
+            if kind == PING:
+                assert isinstance(payload, bytes)
+                codec.pong(payload)
+            elif kind == CLOSE:
+                assert isinstance(payload, int)
+                codec.close(payload)
                 return
 
 
 @settings(max_examples=1500, deadline=None)
 @given(data=st.lists(frames(), min_size=1, max_size=6), cuts=st.lists(st.integers(1, 64), max_size=8),
        garbage=st.binary(max_size=16))
-def test_websocket_codec_raises_only_protocol_errors(data: list[bytes], cuts: list[int], garbage: bytes) -> None:
+def test_websocket_codecs_raise_only_protocol_errors(data: list[bytes], cuts: list[int], garbage: bytes) -> None:
     stream = b"".join(data) + garbage
     chunks, i = [], 0
     for cut in cuts:
         chunks.append(stream[i:i + cut])
         i += cut
     chunks.append(stream[i:])
-    try:
-        drive(chunks)
-    except RemoteProtocolError:
-        pass
+    for make in CODECS.values():  # both codecs behind the seam, ours and wsproto's
+        try:
+            drive(make(1024, b""), chunks)
+        except WSProtocolError as exc:
+            assert exc.code in (1002, 1007, 1009)
 
 
 # -- Engine.IO session feeding the Socket.IO decoder --------------------------------------------------

@@ -262,8 +262,11 @@ class WsprotoCodec:
         return self._ws.send(TextMessage(data=data) if isinstance(data, str) else BytesMessage(data=data))
 
     def pong(self, payload: bytes) -> bytes:
+        from wsproto.connection import ConnectionState
         from wsproto.events import Ping
 
+        if self._ws.state is not ConnectionState.OPEN:
+            return b""  # a ping that came just before the peer's close: the close answers it
         return self._ws.send(Ping(payload=payload).response())
 
     def close(self, code: int = NORMAL) -> bytes:
