@@ -1,7 +1,9 @@
-"""The bench's own installs: pinned Python packages into this venv, the Node packages with npm ci.
+"""The bench's own installs: the locked Python packages into this venv, the Node packages with npm ci.
 
-Idempotent and quick when nothing changed: the Python pins are compared with what is installed,
-and a Node folder is installed again when its package-lock.json is newer than its node_modules.
+The Python versions come from the project's lock (requirements/dev.txt, exported from uv.lock by
+scripts/lock; the bench's packages are pyproject.toml's ``bench`` extra). Idempotent and quick when
+nothing changed: the pins are compared with what is installed, and a Node folder is installed again
+when its package-lock.json is newer than its node_modules.
 """
 
 from __future__ import annotations
@@ -13,17 +15,20 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-REQUIREMENTS = BENCH / "requirements.txt"
+REQUIREMENTS = BENCH.parent / "requirements" / "dev.txt"
 NODE_DIRS = (BENCH / "peers" / "node", BENCH / "loadgen")
 
 
 def pins() -> dict[str, str]:
+    """Name -> version of every locked package that applies to this interpreter."""
+    from packaging.requirements import Requirement
+
     out = {}
     for line in REQUIREMENTS.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if "==" in line:
-            name, version = line.split("==", 1)
-            out[name.split("[", 1)[0].strip()] = version.strip()
+        if line[:1].isalnum():  # a requirement line; hashes and comments are indented or start with '#'
+            requirement = Requirement(line.rstrip(" \\"))
+            if requirement.marker is None or requirement.marker.evaluate():
+                out[requirement.name] = str(requirement.specifier).removeprefix("==")
     return out
 
 
@@ -57,7 +62,8 @@ def ensure(log=print) -> None:  # type: ignore[no-untyped-def]
     if missing:
         log(f"bench setup: pip install -r {REQUIREMENTS.relative_to(BENCH.parent)} ({', '.join(missing)})")
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r", str(REQUIREMENTS)],
+            [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--require-hashes",
+             "-r", str(REQUIREMENTS)],
             check=True,
         )
     for folder in node_stale():
