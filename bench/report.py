@@ -12,6 +12,29 @@ from typing import Any
 LABELS = {"callbox": "callbox", "pysio": "python-socketio", "node": "Node socket.io"}
 COLORS = {"callbox": "#2a7ab0", "pysio": "#e0a030", "node": "#5a9e4b"}
 
+# How the load generator writes (gen.mjs --write). The scenarios whose clients send several events in
+# one event-loop turn run in both: "relay" and "flows" batched (the frames of one turn in one socket
+# write, as before), "relay-each" and "flows-each" with each event in its own write, as a browser
+# sends them. (In the ramps and at the fixed rate a socket sends one frame per turn anyway.)
+WRITE_MODES = ("batched", "each")
+BATCHABLE = ("flows", "relay")
+WRITE_LABELS = {"batched": "batched writes", "each": "each event its own write"}
+
+
+def split_write_mode(scenario: str) -> tuple[str, str]:
+    """("relay", "each") for "relay-each"; ("relay", "batched") for "relay" (and any other name)."""
+    for mode in WRITE_MODES:
+        base = scenario.removesuffix(f"-{mode}")
+        if base != scenario and base in BATCHABLE:
+            return base, mode
+    return scenario, "batched"
+
+
+def write_label(scenario: str) -> str:
+    """" (each event its own write)" or " (batched writes)" for flows and relay; "" for the others."""
+    base, mode = split_write_mode(scenario)
+    return f" ({WRITE_LABELS[mode]})" if base in BATCHABLE else ""
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -43,6 +66,8 @@ def _scaled(get: Callable[[dict[str, Any]], float | None], k: float) -> Callable
 def metrics(scenarios: list[str]) -> list[Metric]:
     out = []
     for s in scenarios:
+        base, _ = split_write_mode(s)
+        w = write_label(s)
         if s == "idle":
             out += [
                 Metric("startup_ms", s, "start-up to accepting connections", "ms", _scaled(_at("startup_s"), 1e3),
@@ -61,24 +86,24 @@ def metrics(scenarios: list[str]) -> list[Metric]:
                        lambda r: r["server_cpu"] / r["n"] * 1e6 if r.get("n") and "server_cpu" in r else None,
                        "lower"),
             ]
-        elif s == "flows":
+        elif base == "flows":
             out += [
-                Metric("flows.rate", s, "call flows per second", "flows/s", _at("flows_per_s"), "higher"),
-                Metric("flows.cpu_per_flow", s, "server CPU per call flow", "us",
+                Metric(f"{s}.rate", s, f"call flows per second{w}", "flows/s", _at("flows_per_s"), "higher"),
+                Metric(f"{s}.cpu_per_flow", s, f"server CPU per call flow{w}", "us",
                        lambda r: r["server_cpu"] / r["flows"] * 1e6 if r.get("flows") else None, "lower"),
-                Metric("flows.setup_p50", s, "set-up (initiate to answer) p50", "ms", _at("setup", "p50_ms"),
+                Metric(f"{s}.setup_p50", s, f"set-up (initiate to answer) p50{w}", "ms", _at("setup", "p50_ms"),
                        "lower", 1),
-                Metric("flows.setup_p99", s, "set-up p99", "ms", _at("setup", "p99_ms"), "lower", 1),
-                Metric("flows.relay_p50", s, "ICE relay p50", "ms", _at("relay", "p50_ms"), "lower", 2),
-                Metric("flows.relay_p99", s, "ICE relay p99", "ms", _at("relay", "p99_ms"), "lower", 2),
+                Metric(f"{s}.setup_p99", s, f"set-up p99{w}", "ms", _at("setup", "p99_ms"), "lower", 1),
+                Metric(f"{s}.relay_p50", s, f"ICE relay p50{w}", "ms", _at("relay", "p50_ms"), "lower", 2),
+                Metric(f"{s}.relay_p99", s, f"ICE relay p99{w}", "ms", _at("relay", "p99_ms"), "lower", 2),
             ]
-        elif s == "relay":
+        elif base == "relay":
             out += [
-                Metric("relay.rate", s, "relayed msgs/s", "msgs/s", _at("rate"), "higher"),
-                Metric("relay.per_cpu", s, "relayed msgs per server CPU-second", "msgs/CPU-s",
+                Metric(f"{s}.rate", s, f"relayed msgs/s{w}", "msgs/s", _at("rate"), "higher"),
+                Metric(f"{s}.per_cpu", s, f"relayed msgs per server CPU-second{w}", "msgs/CPU-s",
                        _at("per_server_cpu_s"), "higher"),
-                Metric("relay.p50", s, "relay p50", "ms", _at("p50_ms"), "lower", 2),
-                Metric("relay.p99", s, "relay p99", "ms", _at("p99_ms"), "lower", 2),
+                Metric(f"{s}.p50", s, f"relay p50{w}", "ms", _at("p50_ms"), "lower", 2),
+                Metric(f"{s}.p99", s, f"relay p99{w}", "ms", _at("p99_ms"), "lower", 2),
             ]
         elif s == "fixed":
             out += [
@@ -121,9 +146,12 @@ def summarise(data: dict[str, Any], servers: list[str], scenarios: list[str]) ->
         for srv in servers:
             rows = [r for r in results if r["scenario"] == s and r["server"] == srv and r.get("wall")]
             if rows:
+                fpw = [r["frames_per_write"] for r in rows if r.get("frames_per_write") is not None]
                 usage.setdefault(s, {})[srv] = {
                     "gen_cpu_share": max(r["gen_cpu"] / r["wall"] for r in rows),
                     "server_cpu_share": statistics.median(r["server_cpu"] / r["wall"] for r in rows),
+                    # WebSocket frames per socket write of the generator (gen.mjs --write)
+                    "frames_per_write": statistics.median(fpw) if fpw else None,
                 }
     summary["_cpu"] = usage
     return summary
@@ -139,21 +167,27 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 5's targets, from the summary: the ratio to Node socket.io (idle RSS: absolute)."""
     s = data["summary"]
     ramp = _largest_plain_ramp(s)
-    rows = [
-        ("relay msgs per server CPU-second", "relay.per_cpu", ">=", 1.0),
-        ("call flows per second", "flows.rate", ">=", 1.0),
+    # relays and flows in each write mode (the run's scenarios say which targets it measured)
+    rows = [(f"relay msgs per server CPU-second{write_label(scen)}", f"{scen}.per_cpu", ">=", 1.0)
+            for scen in ("relay", "relay-each")]
+    rows += [(f"call flows per second{write_label(scen)}", f"{scen}.rate", ">=", 1.0)
+             for scen in ("flows", "flows-each")]
+    rows += [
         ("relay p99 at the fixed rate", "fixed.p99", "<=", 1.0),
         (f"connect+join rate ({ramp})", f"{ramp}.rate", ">=", 1.0),
         (f"RSS per idle connection ({ramp})", f"{ramp}.rss_per_conn", "<=", 0.7),
     ]
     out = []
     for label, key, op, goal in rows:
-        value = s.get(key, {}).get("callbox/node", {}).get("median")
+        if key not in s:
+            continue  # a scenario this run did not have
+        value = s[key].get("callbox/node", {}).get("median")
         met = None if value is None else (value >= goal if op == ">=" else value <= goal)
         out.append({"target": label, "metric": key, "ratio_to_node": value, "goal": f"{op} {goal}x", "met": met})
-    idle = s.get("idle_rss_mib", {}).get("callbox", {}).get("median")
-    out.append({"target": "idle RSS", "metric": "idle_rss_mib", "value_mib": idle, "goal": "<= 30 MiB",
-                "met": None if idle is None else idle <= 30})
+    if "idle_rss_mib" in s:
+        idle = s["idle_rss_mib"].get("callbox", {}).get("median")
+        out.append({"target": "idle RSS", "metric": "idle_rss_mib", "value_mib": idle, "goal": "<= 30 MiB",
+                    "met": None if idle is None else idle <= 30})
     return out
 
 
@@ -190,13 +224,20 @@ def table(data: dict[str, Any]) -> str:
     out = ["\n".join(lines)]
     cpu = summary.get("_cpu", {})
     if cpu:
-        rows = ["", "CPU, as a share of one core (server: median; load generator: highest round):", ""]
+        rows = ["", "CPU, as a share of one core (server: median; load generator: highest round), and in flows "
+                "and relay the generator's WebSocket frames per socket write (median):", ""]
         rows.append("| scenario | " + " | ".join(f"{LABELS[s]} server / generator" for s in servers) + " |")
         rows.append("|" + "---|" * (1 + len(servers)))
+
+        def cell(p: dict[str, Any], scen: str) -> str:
+            text = f"{p['server_cpu_share']:.0%} / {p['gen_cpu_share']:.0%}"
+            fpw = p.get("frames_per_write")
+            return text + (f", {fpw:.2f} frames/write" if fpw is not None and split_write_mode(scen)[0] in BATCHABLE
+                           else "")
+
         for scen, per in cpu.items():
-            rows.append(f"| {scen} | " + " | ".join(
-                f"{per[s]['server_cpu_share']:.0%} / {per[s]['gen_cpu_share']:.0%}" if s in per else "-"
-                for s in servers) + " |")
+            rows.append(f"| {scen}{write_label(scen)} | " + " | ".join(
+                cell(per[s], scen) if s in per else "-" for s in servers) + " |")
         out.append("\n".join(rows))
     if data.get("targets"):
         rows = ["", "Issue 5 targets (callbox, ratio to Node socket.io in the same run):", ""]
@@ -243,10 +284,13 @@ def brief(scenario: str, r: dict[str, Any]) -> str:
     if scenario.startswith("ramp"):
         return (f"{r['rate']:.0f} conn/s, p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
                 f"{r['rss_per_conn'] / 1024:.1f} KiB/conn, deflate {r['deflate_negotiated']}/{r['n']}{gen}{fails}")
-    if scenario == "flows":
+    base, _ = split_write_mode(scenario)
+    if r.get("frames_per_write") is not None and base in BATCHABLE:
+        gen += f", {r['frames_per_write']:.2f} frames/write"
+    if base == "flows":
         return (f"{r['flows_per_s']:.0f} flows/s, set-up p99 {r['setup']['p99_ms']:.1f} ms, "
                 f"relay p99 {r['relay']['p99_ms']:.2f} ms{gen}{fails}")
-    if scenario in ("relay", "fixed"):
+    if base in ("relay", "fixed"):
         per = r.get("per_server_cpu_s") or 0
         lat = f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms"
         return f"{r['rate']:.0f} msgs/s, {per:.0f}/CPU-s, {lat}{gen}{fails}"
@@ -265,9 +309,12 @@ def chart(data: dict[str, Any], path: Path) -> None:
     summary = data["summary"]
     ramp = _largest_plain_ramp(summary)
     panels = [
-        ("relay.per_cpu", "relay: msgs per server CPU-s"),
-        ("relay.rate", "relay: msgs/s (one core)"),
-        ("flows.rate", "full call flows/s (20 at once)"),
+        ("relay.per_cpu", "relay: msgs per server CPU-s\n(batched writes)"),
+        ("relay-each.per_cpu", "relay: msgs per server CPU-s\n(each event its own write)"),
+        ("relay.rate", "relay: msgs/s, one core\n(batched writes)"),
+        ("relay-each.rate", "relay: msgs/s, one core\n(each event its own write)"),
+        ("flows.rate", "full call flows/s, 20 at once\n(batched writes)"),
+        ("flows-each.rate", "full call flows/s, 20 at once\n(each event its own write)"),
         ("fixed.p99", "relay p99 at fixed rate (ms)"),
         (f"{ramp}.rate", f"connect+join rate, {ramp} (conn/s)"),
         (f"{ramp}.rss_per_conn", f"RSS per connection, {ramp} (KiB)"),
@@ -295,8 +342,8 @@ def chart(data: dict[str, Any], path: Path) -> None:
         ax.tick_params(axis="y", labelsize=8)
         ax.grid(axis="y", alpha=0.3)
         # issue 5's target for callbox, where it has one (dashed red)
-        goal = {"relay.per_cpu": 1.0, "flows.rate": 1.0, "fixed.p99": 1.0, f"{ramp}.rate": 1.0,
-                f"{ramp}.rss_per_conn": 0.7}.get(key)
+        goal = {"relay.per_cpu": 1.0, "relay-each.per_cpu": 1.0, "flows.rate": 1.0, "flows-each.rate": 1.0,
+                "fixed.p99": 1.0, f"{ramp}.rate": 1.0, f"{ramp}.rss_per_conn": 0.7}.get(key)
         node_median = e.get("node", {}).get("median")
         if key == "idle_rss_mib":
             ax.axhline(30, color="red", linewidth=0.8, linestyle="--")

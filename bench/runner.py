@@ -1,6 +1,6 @@
 """The benchmark runner: callbox side by side with python-socketio and Node socket.io.
 
-    .venv/bin/python -m bench                 # the full suite (about 20 minutes), results to bench/results/
+    .venv/bin/python -m bench                 # the full suite (about 25 minutes), results to bench/results/
     .venv/bin/python -m bench --smoke         # every server, every scenario, tiny sizes (under a minute)
     .venv/bin/python -m bench setup           # only install the bench's pinned packages
     .venv/bin/python -m bench profile         # py-spy on callbox during relay saturation
@@ -11,6 +11,11 @@ Each server runs alone and fresh for each scenario, pinned to core 0 (taskset); 
 (bench/loadgen/gen.mjs) runs pinned to core 1, and so does this runner. Servers alternate within
 each scenario and their order rotates from round to round; the table gives medians over the rounds
 and, for callbox, the median of the per-round ratios to each peer (the same round's figures).
+
+The scenarios whose clients send several events at once (flows, relay) run in two write modes
+(--write-mode, default both): "batched", the frames a socket sends in one event-loop turn leave in
+one socket write (scenario names flows, relay), and "each", every event in its own write as a
+browser sends them (flows-each, relay-each).
 """
 
 from __future__ import annotations
@@ -43,6 +48,10 @@ ROOT = BENCH.parent
 GEN = BENCH / "loadgen" / "gen.mjs"
 SERVERS = ("callbox", "pysio", "node")
 LABELS = {"callbox": "callbox", "pysio": "python-socketio", "node": "Node socket.io"}
+# flows and relay run per write mode (report.WRITE_MODES): see with_write_modes.
+WRITE_MODES = report.WRITE_MODES
+BATCHABLE = report.BATCHABLE
+split_write_mode = report.split_write_mode
 
 def _cores() -> tuple[str, str]:
     """The server's core and the generator's: the first two this process may use."""
@@ -100,8 +109,21 @@ class Plan:
             timeout=30,
         )
 
-    def scenarios(self) -> list[str]:
-        return ["idle", *(name for name, _, _ in self.ramps), "flows", "relay", "fixed"]
+    def scenarios(self, write_modes: tuple[str, ...] = WRITE_MODES) -> list[str]:
+        return with_write_modes(["idle", *(name for name, _, _ in self.ramps), "flows", "relay", "fixed"],
+                                write_modes)
+
+
+def with_write_modes(scenarios: list[str], write_modes: tuple[str, ...]) -> list[str]:
+    """flows and relay once per write mode: "relay" (batched) and/or "relay-each"; a name given
+    with its mode ("relay-each") stays as it is."""
+    out: list[str] = []
+    for name in scenarios:
+        if name in BATCHABLE:
+            out += [name if mode == "batched" else f"{name}-{mode}" for mode in write_modes]
+        else:
+            out.append(name)
+    return list(dict.fromkeys(out))
 
 
 # -- processes ------------------------------------------------------------------------------------
@@ -265,6 +287,7 @@ def generate(scenario: str, server: Server, plan: Plan, **options: Any) -> dict[
 
 
 def run_scenario(name: str, scenario: str, plan: Plan, logs: Path) -> dict[str, Any]:
+    base, write = split_write_mode(scenario)
     load_before = os.getloadavg()[0]
     waited = None
     t0 = time.perf_counter()
@@ -277,12 +300,12 @@ def run_scenario(name: str, scenario: str, plan: Plan, logs: Path) -> dict[str, 
                 _, n, deflate = next(r for r in plan.ramps if r[0] == scenario)
                 result = generate("ramp", server, plan, n=n, deflate=deflate, concurrency=plan.concurrency,
                                   settle=plan.settle)
-            elif scenario == "flows":
+            elif base == "flows":
                 result = generate("flows", server, plan, calls=plan.calls, ice=plan.ice,
-                                  warmup=plan.warmup, duration=plan.duration)
-            elif scenario == "relay":
+                                  warmup=plan.warmup, duration=plan.duration, write=write)
+            elif base == "relay":
                 result = generate("relay", server, plan, pairs=plan.pairs, window=plan.window,
-                                  warmup=plan.warmup, duration=plan.duration)
+                                  warmup=plan.warmup, duration=plan.duration, write=write)
             elif scenario == "fixed":
                 result = generate("fixed", server, plan, pairs=plan.pairs, rate=plan.rate,
                                   warmup=plan.warmup, duration=plan.duration)
@@ -361,7 +384,9 @@ def run(args: argparse.Namespace) -> int:
     for s in servers:
         if s not in SERVERS:
             raise SystemExit(f"bench: unknown server {s!r} (have: {', '.join(SERVERS)})")
-    scenarios = plan.scenarios() if not args.scenarios else args.scenarios.split(",")
+    write_modes = WRITE_MODES if args.write_mode == "both" else (args.write_mode,)
+    scenarios = plan.scenarios(write_modes) if not args.scenarios else with_write_modes(
+        [s for s in args.scenarios.split(",") if s], write_modes)
     out = Path(args.out) if args.out else (Path(tempfile.mkdtemp(prefix="bench-smoke-")) if args.smoke
                                            else BENCH / "results")
     out.mkdir(parents=True, exist_ok=True)
@@ -373,10 +398,12 @@ def run(args: argparse.Namespace) -> int:
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
     started = datetime.datetime.now(datetime.UTC)
     command = " ".join([".venv/bin/python -m bench", *sys.argv[1:]])
-    print(f"bench: {len(servers)} servers x {len(scenarios)} scenarios x {plan.rounds} rounds; "
+    print(f"bench: {len(servers)} servers x {len(scenarios)} scenarios x {plan.rounds} rounds "
+          f"({', '.join(scenarios)}; write modes: {', '.join(write_modes)}); "
           f"servers on core {SERVER_CORE}, generator on core {GEN_CORE}; fd limit {fds}; logs in {logs}", flush=True)
     meta = {"date": started.isoformat(timespec="seconds"), "command": command, "smoke": args.smoke,
-            "machine": machine(), "plan": asdict(plan), "load_before": os.getloadavg()}
+            "machine": machine(), "plan": asdict(plan), "write_modes": list(write_modes), "scenarios": scenarios,
+            "load_before": os.getloadavg()}
 
     checks = {}
     for name in servers:
@@ -428,10 +455,11 @@ def profile(args: argparse.Namespace) -> int:
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
     plan = Plan(warmup=1.0, duration=args.duration + 2.0)
     raw = logs / "profile.txt"
+    write = "each" if args.write_mode == "each" else "batched"  # "both": the batched one, as before
     with running(args.server, logs) as server:
         command = ["taskset", "-c", GEN_CORE, node(), str(GEN), args.scenario, "--port", str(server.port),
                    "--pid", str(server.pid), "--warmup", str(plan.warmup), "--duration", str(plan.duration),
-                   "--n", "10000"]
+                   "--n", "10000", "--write", write]
         gen = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
         # a ramp starts at once; the others once connected, calls set up, pumping
         time.sleep(0.3 if args.scenario == "ramp" else plan.warmup + 1.5)
@@ -441,7 +469,8 @@ def profile(args: argparse.Namespace) -> int:
         stdout, _ = gen.communicate(timeout=plan.duration + 60)
     result = json.loads(stdout.strip().splitlines()[-1])
     text = report.profile_summary(raw, args.server, args.scenario, result)
-    path = out / f"profile-{args.server}-{args.scenario}.txt"
+    suffix = "-each" if write == "each" and args.scenario in ("relay", "flows", "fixed") else ""
+    path = out / f"profile-{args.server}-{args.scenario}{suffix}.txt"
     path.write_text(text)
     print(text)
     print(f"bench: wrote {path}")
@@ -514,7 +543,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one round: checks that the suite works")
     parser.add_argument("--rounds", type=int, default=0, help="rounds (default 5; smoke 1)")
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma separated: callbox,pysio,node")
-    parser.add_argument("--scenarios", default="", help="comma separated subset (default: all)")
+    parser.add_argument("--scenarios", default="", help="comma separated subset (default: all); flows and relay "
+                        "run once per write mode (or name one: relay-each)")
+    parser.add_argument("--write-mode", default="both", choices=["both", "batched", "each"],
+                        help="how the generator writes in flows and relay: batched (the frames of one event-loop "
+                        "turn in one socket write), each (every event its own write, as browsers do), or both "
+                        "(default; profile: batched unless each)")
     parser.add_argument("--out", default="", help="results folder (default bench/results; smoke: a temp folder)")
     parser.add_argument("--no-setup", action="store_true", help="do not install missing bench packages")
     parser.add_argument("--server", default="callbox", help="profile: the Python server to profile")

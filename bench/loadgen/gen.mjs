@@ -21,7 +21,7 @@ const scenario = process.argv[2];
 const opts = {
   host: "127.0.0.1", port: 3000, pid: 0, n: 1000, concurrency: 100, deflate: false,
   calls: 20, ice: 10, pairs: 20, window: 4, rate: 4000, warmup: 1, duration: 5, settle: 2,
-  timeout: 120, client: "raw", tag: "b" + process.pid.toString(36),
+  timeout: 120, client: "raw", tag: "b" + process.pid.toString(36), write: "batched",
 };
 for (let i = 3; i < process.argv.length; i += 2) {
   const key = process.argv[i].replace(/^--/, "");
@@ -29,6 +29,7 @@ for (let i = 3; i < process.argv.length; i += 2) {
   const raw = process.argv[i + 1];
   opts[key] = typeof opts[key] === "number" ? Number(raw) : typeof opts[key] === "boolean" ? raw === "1" || raw === "true" : raw;
 }
+if (opts.write !== "batched" && opts.write !== "each") throw new Error(`--write is batched or each, not ${opts.write}`);
 const now = () => performance.now();
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -48,12 +49,25 @@ function serverRss() {
 const ownCpu = () => { const u = process.cpuUsage(); return (u.user + u.system) / 1e6; };
 const ownSys = () => process.cpuUsage().system / 1e6;
 
+// What the lean client sent: WebSocket frames, and the socket writes they went out in (a write of
+// the TCP socket, that is `socket.write` in --write each, an uncork in --write batched).
+const sent = { frames: 0, writes: 0 };
+
 // A measurement window: wall time, the server's CPU and the generator's own CPU.
 class Window {
-  constructor() { this.t = now(); this.s = serverCpu(); this.g = ownCpu(); this.k = ownSys(); }
+  constructor() {
+    this.t = now(); this.s = serverCpu(); this.g = ownCpu(); this.k = ownSys();
+    this.f = sent.frames; this.w = sent.writes;
+  }
   close() {
     const wall = (now() - this.t) / 1000;
-    return { wall, server_cpu: serverCpu() - this.s, gen_cpu: ownCpu() - this.g, gen_sys_cpu: ownSys() - this.k };
+    const frames = sent.frames - this.f;
+    const writes = sent.writes - this.w;
+    return {
+      wall, server_cpu: serverCpu() - this.s, gen_cpu: ownCpu() - this.g, gen_sys_cpu: ownSys() - this.k,
+      write: opts.client === "raw" ? opts.write : null, frames_sent: frames, socket_writes: writes,
+      frames_per_write: writes ? frames / writes : null,
+    };
   }
 }
 
@@ -67,9 +81,16 @@ function percentiles(samples) {
 //
 // The hot paths of the scenarios (handshakes, relays) cost the generator far less this way than
 // through `ws` (see bench/README.md): one write of a prepared upgrade request, no verification of
-// the accept key, frames built and parsed by hand, outgoing frames of one event-loop turn sent in
-// one write (cork/uncork), and incoming text handed over as the Buffer it arrived in. With
-// --deflate it offers permessage-deflate as browsers do ("permessage-deflate;
+// the accept key, frames built and parsed by hand, and incoming text handed over as the Buffer it
+// arrived in. How frames go out (--write):
+//   batched (the default): the frames a socket sends in one event-loop turn (say the 4 candidates
+//     answering the 4 relayed ones that came in one TCP read, or call:answer and its 10 candidates)
+//     are corked and leave in one write (Node's uncork -> one writev), so the server often reads
+//     several frames in one recv;
+//   each: every frame is its own socket.write, right away, as a browser's WebSocket.send() does
+//     (TCP_NODELAY is on either way): one frame per write, and per TCP segment unless the socket
+//     is backed up (then Node, like a browser, queues the writes and flushes them together).
+// With --deflate it offers permessage-deflate as browsers do ("permessage-deflate;
 // client_max_window_bits") and, if the server takes it, compresses what it sends and inflates what
 // the server compresses, keeping the server's window across messages (context takeover).
 
@@ -175,7 +196,7 @@ class RawSocket {
     this.onText(out, 0, out.length);
   }
 
-  // One masked frame, written now or with the rest of this event-loop turn's frames.
+  // One masked frame, written now (--write each) or with the rest of this event-loop turn's frames.
   frame(b0, payload) {
     const size = payload.length;
     const head = size < 126 ? 6 : size < 65536 ? 8 : 14;
@@ -214,8 +235,15 @@ class RawSocket {
   }
 
   write(out) {
+    sent.frames++;
+    if (opts.write === "each") {
+      sent.writes++;
+      this.sock.write(out);
+      return;
+    }
     if (!this.corked) {
       this.corked = true;
+      sent.writes++;
       this.sock.cork();
       process.nextTick(() => { this.corked = false; this.sock.uncork(); });
     }
