@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import pathlib
 import select
 import ssl
 import subprocess
@@ -12,8 +11,6 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-INTEROP = pathlib.Path(__file__).parent / "interop"
 
 
 class Server:

@@ -1,5 +1,16 @@
 """Shared fixtures. Rules for every I/O test (as trio-websocket's): loopback only, port 0, a
-``fail_after`` around anything that waits on the network."""
+``fail_after`` around anything that waits on the network.
+
+Layout: tests/engineio, tests/socketio, tests/server and tests/signalling mirror src/callbox/ (plus
+tests/test_<module>.py for its top-level modules); tests/operations runs ``python -m callbox`` as a
+real process; tests/interop and tests/browser drive it with real clients (Node socket.io-client,
+python-socketio, coturn, Chromium); tests/hardening abuses it.
+
+Imports: pyproject's ``pythonpath = ["tests"]`` puts this folder on sys.path, so the helpers here
+(``_paths``, ``_proc``, ``_raw``) and the ``hardening`` package import by name from any folder. The
+folders below are not packages (so that tests/socketio cannot hide python-socketio): each test
+module's own folder is put on sys.path too, and test file names must be unique across tests/.
+"""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 //   node run.mjs --scenario call --callbox .venv/bin/callbox --static examples/browser --artifacts DIR
 //                [--tls-cert F --tls-key F --spki HASH] [--screenshot-copy PATH]
 //
-// Run it inside a loopback-only network namespace (tests/browser/in_netns.py; tests/test_browser.py
+// Run it inside a loopback-only network namespace (tests/browser/in_netns.py; tests/browser/test_browser.py
 // does): callbox and Chromium are started from here, so they are in it too, and every ICE
 // candidate is 127.0.0.1. Prints one JSON object per line: {"step": ...} as it goes, then
 // {"result": "pass" | "fail", ...}; exits 0 on a pass.

@@ -1,8 +1,8 @@
 """Property-based fuzzing (hypothesis) of the decoders the existing codec tests do not cover: the
 signalling payloads (through the whole service), the WebSocket codec as the server drives it, and
 the Engine.IO session feeding the Socket.IO decoder. Only the documented error types may come out.
-(Engine.IO packets/payloads and Socket.IO packets alone are fuzzed in tests/test_engineio_codec.py
-and tests/test_socketio_codec.py; the coverage-guided harnesses are in fuzz/.)"""
+(Engine.IO packets/payloads and Socket.IO packets alone are fuzzed in tests/engineio/test_engineio_codec.py
+and tests/socketio/test_socketio_codec.py; the coverage-guided harnesses are in fuzz/.)"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-// Scenarios for tests/test_operations_signalling.py against a real callbox process.
+// Scenarios for tests/operations/test_operations_signalling.py against a real callbox process.
 //   node ops_client.mjs URL auth TOKEN_JSON_LIST   -> one JSON line per token: what connect/join gave
 //   node ops_client.mjs URL calls                  -> a scripted set of calls, then {"done": true}
 //   node ops_client.mjs URL shutdown               -> prints "incall", then what each party saw

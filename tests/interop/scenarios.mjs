@@ -1,4 +1,4 @@
-// The real socket.io-client, driven by tests/test_interop_node.py.
+// The real socket.io-client, driven by tests/interop/test_interop_node.py.
 //
 //   node scenarios.mjs SCENARIO URL MODE
 //

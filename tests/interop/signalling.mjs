@@ -1,4 +1,4 @@
-// Signalling scenarios with the real socket.io-client, driven by tests/test_signalling_node.py.
+// Signalling scenarios with the real socket.io-client, driven by tests/interop/test_signalling_node.py.
 //
 //   node signalling.mjs URL SCENARIO [MODE]
 //

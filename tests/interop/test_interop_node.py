@@ -13,17 +13,16 @@ import shutil
 import subprocess
 from collections.abc import Awaitable, Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
+from _paths import INTEROP
 from callbox import ConnectionRefused, Socket, SocketIO
 
 StartServer = Callable[..., Awaitable[int]]  # the conftest fixture: port = await start_server(app, **config)
 
-INTEROP = Path(__file__).parent / "interop"
 NODE = shutil.which("node")
 
 pytestmark = [

@@ -26,8 +26,9 @@ from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-DRIVER = ROOT / "tests" / "browser"
+from _paths import BROWSER, ROOT
+
+DRIVER = BROWSER
 DEMO = ROOT / "examples" / "browser"
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
 CHROMIUM = "/usr/bin/chromium"

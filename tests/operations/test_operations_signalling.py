@@ -11,7 +11,8 @@ import time
 import jwt
 from prometheus_client.parser import text_string_to_metric_families
 
-from _proc import INTEROP, Server, callbox, get
+from _paths import INTEROP
+from _proc import Server, callbox, get
 
 SECRET = "a-test-secret-of-at-least-32-bytes-long"
 

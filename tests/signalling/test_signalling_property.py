@@ -11,9 +11,9 @@ import trio
 import trio.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_signalling_service import RING, Harness
 
 from callbox.signalling import CallState, UserState
-from test_signalling_service import RING, Harness
 
 USERS = ["u0", "u1", "u2", "u3"]
 KINDS = ["join", "leave", "call", "call", "call", "accept", "accept", "reject", "end", "relay", "wait", "stray"]

@@ -21,7 +21,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from _proc import INTEROP, callbox
+from _paths import INTEROP
+from _proc import callbox
 
 SECRET = "turn-shared-secret-for-tests"
 JOIN = """

@@ -9,18 +9,17 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
+from _paths import INTEROP
 from callbox import SocketIO
 from callbox.signalling import MemoryRegistry, Signalling, install
 
 StartServer = Callable[..., Awaitable[int]]
 
-INTEROP = Path(__file__).parent / "interop"
 SCRIPT = INTEROP / "signalling.mjs"
 NODE = shutil.which("node")
 SCENARIO_LIMIT = 40  # s: a scenario waits 5 s at most per step, 15 s for a killed peer

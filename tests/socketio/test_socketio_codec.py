@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import pathlib
 from typing import Any
 
 import msgspec
@@ -13,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _paths import PROTOCOL
 from callbox.socketio import (
     MAX_ACK_ID_DIGITS,
     MAX_ATTACHMENTS,
@@ -27,7 +27,7 @@ from callbox.socketio import (
     has_binary,
 )
 
-VECTORS_PATH = pathlib.Path(__file__).resolve().parent.parent / "protocol" / "vectors" / "socketio.json"
+VECTORS_PATH = PROTOCOL / "vectors" / "socketio.json"
 VECTORS: list[dict[str, Any]] = json.loads(VECTORS_PATH.read_text("utf-8"))
 ERRORS = {"SocketIOProtocolError": SocketIOProtocolError}
 BINARY_TYPES = (PacketType.BINARY_EVENT, PacketType.BINARY_ACK)

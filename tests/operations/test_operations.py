@@ -17,7 +17,8 @@ import pytest
 import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
-from _proc import INTEROP, Server, callbox, get, run_fail
+from _paths import INTEROP, ROOT
+from _proc import Server, callbox, get, run_fail
 
 
 def handshake(server: Server) -> dict[str, object]:
@@ -286,6 +287,6 @@ setTimeout(() => process.exit(3), 20000);
 def test_readme_documents_every_setting() -> None:
     from callbox.config import SETTINGS
 
-    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     missing = [s.flag for s in SETTINGS if f"`{s.flag}` / `{s.env}`" not in readme]
     assert not missing, f"README's settings table lacks {missing}: run .venv/bin/python scripts/readme_settings.py"

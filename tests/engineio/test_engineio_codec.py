@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import base64
 import json
-import pathlib
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _paths import PROTOCOL
 from callbox.engineio import (
     EngineIOProtocolError,
     PacketType,
@@ -21,7 +21,7 @@ from callbox.engineio import (
     encode_text_packet,
 )
 
-VECTORS_PATH = pathlib.Path(__file__).resolve().parent.parent / "protocol" / "vectors" / "engineio.json"
+VECTORS_PATH = PROTOCOL / "vectors" / "engineio.json"
 VECTORS: list[dict[str, Any]] = json.loads(VECTORS_PATH.read_text("utf-8"))
 ERRORS = {"EngineIOProtocolError": EngineIOProtocolError}
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from _paths import PROTOCOL
 from callbox.signalling import CALL_TRANSITIONS, USER_TRANSITIONS, ErrorCode, schemas
 from callbox.signalling._payloads import CLIENT_EVENTS
 
-SCHEMAS = Path(__file__).parent.parent / "protocol" / "schemas"
+SCHEMAS = PROTOCOL / "schemas"
 REGENERATE = ".venv/bin/python -m callbox.signalling.schemas protocol/schemas"
 
 
@@ -48,7 +49,7 @@ def test_schemas_carry_the_bounds() -> None:
 
 
 def test_the_protocol_document_lists_exactly_the_transitions() -> None:
-    doc = (Path(__file__).parent.parent / "protocol" / "signalling.md").read_text(encoding="utf-8")
+    doc = (PROTOCOL / "signalling.md").read_text(encoding="utf-8")
     rows = {tuple(cell.strip() for cell in line.strip("|").split("|")[:3]) for line in doc.splitlines()}
     for table in (USER_TRANSITIONS, CALL_TRANSITIONS):
         edges = {(s.name, e.name, n.name) for s, moves in table.items() for e, n in moves.items()}
