@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ("callbox", "pysio", "node")
 # scenario -> the figures it must produce
@@ -24,6 +26,8 @@ FIGURES = {
 }
 
 
+@pytest.mark.process
+@pytest.mark.node
 def test_bench_smoke(tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--no-setup", "--out", str(tmp_path)],

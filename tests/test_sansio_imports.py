@@ -4,7 +4,11 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 import callbox
+
+pytestmark = pytest.mark.process  # a fresh interpreter, so that nothing is imported already
 
 
 def test_cores_import_no_io_library() -> None:

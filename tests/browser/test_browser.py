@@ -37,6 +37,9 @@ NODE = shutil.which("node")
 NO_NAMESPACE = 77  # in_netns.py's exit status when it cannot make the namespace
 
 pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.node,
+    pytest.mark.process,
     pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason=f"no {CHROMIUM}: apt-get install chromium"),
     pytest.mark.skipif(NODE is None, reason="node is not installed"),
     pytest.mark.skipif(not (DRIVER / "node_modules" / "playwright-core").is_dir(),

@@ -20,6 +20,8 @@ from _raw import HTTPConnection, eio_target
 from ._sig import call_pair, check_call
 from ._wire import BINARY, CLOSE, Proc, RawWS, close_code, frame, spawn, text
 
+pytestmark = pytest.mark.process  # the module's ``server``: a real python -m callbox
+
 MAX_PAYLOAD = 100_000
 EVENT_BURST = 200  # this module's server: --event-burst 200, --event-rate 50
 

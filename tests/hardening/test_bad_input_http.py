@@ -30,6 +30,8 @@ from ._wire import (
     wall,
 )
 
+pytestmark = pytest.mark.process  # the module's ``server``: a real python -m callbox
+
 HEAD_TIMEOUT = 1.0  # --request-head-timeout of this module's server
 KEEPALIVE = 3.0  # --keepalive-timeout: a connection kept alive is still open well after an answer
 MAX_PAYLOAD = 100_000

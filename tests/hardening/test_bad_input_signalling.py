@@ -21,6 +21,8 @@ import trio
 from ._sig import Peer, call_pair, check_call, unique
 from ._wire import Proc, spawn
 
+pytestmark = pytest.mark.process  # the module's ``server``: a real python -m callbox
+
 RULE = "User ID must be 1-128 characters: ASCII letters, digits and _ - . @ : +"
 REQUIRED = "User ID is required"
 

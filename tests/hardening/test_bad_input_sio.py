@@ -19,6 +19,8 @@ import trio
 from ._sig import call_pair, check_call
 from ._wire import Proc, spawn
 
+pytestmark = pytest.mark.process  # the module's ``server``: a real python -m callbox
+
 MAX_PAYLOAD = 100_000
 
 

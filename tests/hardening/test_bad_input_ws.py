@@ -36,6 +36,8 @@ from ._wire import (
     ws_upgrade_request,
 )
 
+pytestmark = pytest.mark.process  # the module's ``server``: a real python -m callbox
+
 MAX_PAYLOAD = 100_000
 
 

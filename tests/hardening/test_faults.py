@@ -26,6 +26,8 @@ from _raw import HTTPConnection, eio_target
 from ._sig import Peer, call_pair, joined, ringing, unique
 from ._wire import TEXT, Proc, RawWS, clean_env, frame, spawn, text, wait_metrics, wall
 
+pytestmark = pytest.mark.process  # the module's ``server``: a real python -m callbox
+
 PING_INTERVAL = 1.0
 PING_TIMEOUT = 1.0
 BOUND = PING_INTERVAL + PING_TIMEOUT

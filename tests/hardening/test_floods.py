@@ -31,6 +31,8 @@ from ._wire import (
     wall,
 )
 
+pytestmark = pytest.mark.process  # the module's ``server``: a real python -m callbox
+
 FLOODER = Path(__file__).with_name("_flood.py")
 EVENT_RATE = 50
 EVENT_BURST = 200

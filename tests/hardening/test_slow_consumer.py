@@ -15,6 +15,8 @@ import trio
 from ._sig import call_pair, check_call, joined, percentile, raw_user
 from ._wire import PING, Proc, frame, metrics, spawn, text, wall
 
+pytestmark = pytest.mark.process  # the module's ``server``: a real python -m callbox
+
 MAX_OUTBOX = 1 << 20
 PING_INTERVAL = 2.0
 PING_TIMEOUT = 2.0

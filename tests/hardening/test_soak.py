@@ -9,11 +9,15 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.soak import run_soak  # noqa: E402
+
+pytestmark = pytest.mark.socket  # bench.soak serves callbox in this run, on loopback
 
 SECONDS = 30.0
 RATE = 15.0

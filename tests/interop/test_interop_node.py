@@ -26,6 +26,7 @@ StartServer = Callable[..., Awaitable[int]]  # the conftest fixture: port = awai
 NODE = shutil.which("node")
 
 pytestmark = [
+    pytest.mark.node,
     pytest.mark.skipif(NODE is None, reason="node is not installed"),
     pytest.mark.skipif(
         not (INTEROP / "node_modules" / "socket.io-client").is_dir(),

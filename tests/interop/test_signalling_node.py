@@ -25,6 +25,7 @@ NODE = shutil.which("node")
 SCENARIO_LIMIT = 40  # s: a scenario waits 5 s at most per step, 15 s for a killed peer
 
 pytestmark = [
+    pytest.mark.node,
     pytest.mark.skipif(NODE is None, reason="node is not installed"),
     pytest.mark.skipif(
         not (INTEROP / "node_modules" / "socket.io-client").is_dir(), reason="tests/interop: run `npm ci` first"
@@ -99,6 +100,7 @@ async def test_acked_refusal_is_not_also_an_error_event(start_server: StartServe
     await run_scenario(port, "acks-only")
 
 
+@pytest.mark.process
 def test_the_callbox_command_serves_signalling() -> None:
     """`callbox` with no flags but a free port: two clients place a whole call through it."""
     proc = subprocess.Popen(

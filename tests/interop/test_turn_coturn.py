@@ -24,6 +24,8 @@ import pytest
 from _paths import INTEROP
 from _proc import callbox
 
+pytestmark = [pytest.mark.coturn, pytest.mark.node, pytest.mark.process]
+
 SECRET = "turn-shared-secret-for-tests"
 JOIN = """
 const { io } = require("socket.io-client");

@@ -20,6 +20,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from _paths import INTEROP, ROOT
 from _proc import Server, callbox, get, run_fail
 
+pytestmark = pytest.mark.process
+
 
 def handshake(server: Server) -> dict[str, object]:
     status, body = get(f"{server.base}/socket.io/?EIO=4&transport=polling")
@@ -157,6 +159,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, str]:
     return str(d / "ca.pem"), str(d / "server.pem"), str(d / "key.pem")
 
 
+@pytest.mark.node
 def test_tls_serves_https_and_socketio_client_over_wss(tls_files: tuple[str, str, str]) -> None:
     ca, cert, key = tls_files
     with callbox("--tls-cert", cert, "--tls-key", key, tls=True) as s:
@@ -256,6 +259,7 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies() -> None:
 # -- logs and shutdown ------------------------------------------------------------------------
 
 
+@pytest.mark.node
 def test_sigterm_disconnects_clients_cleanly_and_exits_zero() -> None:
     with callbox("--log-format", "json") as s:
         client = subprocess.Popen(

@@ -9,10 +9,13 @@ import subprocess
 import time
 
 import jwt
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from _paths import INTEROP
 from _proc import Server, callbox, get
+
+pytestmark = pytest.mark.process
 
 SECRET = "a-test-secret-of-at-least-32-bytes-long"
 
@@ -31,6 +34,7 @@ def stop(server: Server) -> list[str]:
     return server.proc.stderr.read().splitlines()
 
 
+@pytest.mark.node
 def test_token_auth_refuses_the_classic_attacks() -> None:
     now = int(time.time())
     good = jwt.encode({"sub": "alice", "exp": now + 60}, SECRET, algorithm="HS256")
@@ -72,6 +76,7 @@ def parse(body: str) -> dict[str, float]:
     return out
 
 
+@pytest.mark.node
 def test_metrics_and_logs_after_a_scripted_set_of_calls() -> None:
     with callbox("--log-format", "json") as s:
         result = json.loads(scenario(s, "calls")[-1])
@@ -120,6 +125,7 @@ def test_metrics_and_logs_after_a_scripted_set_of_calls() -> None:
     assert "SECRET-SDP-BODY" not in text and "SECRET-CANDIDATE" not in text
 
 
+@pytest.mark.node
 def test_sigterm_ends_calls_with_server_shutdown_and_exits_zero() -> None:
     with callbox("--log-format", "json") as s:
         client = subprocess.Popen(["node", "ops_client.mjs", s.base, "shutdown"], cwd=INTEROP,
