@@ -82,8 +82,8 @@ class InProc:
             "users": len(self.registry.users),
             "calls": len(self.registry.calls),
             "timers": len(self.signalling.timers),
-            "tcp": self.engine.connections,
-            "addresses": len(self.engine._per_address),
+            "tcp": self.engine.admission.connections,
+            "addresses": self.engine.admission.addresses,
         }
 
     async def settled(self, timeout: float = 5.0) -> dict[str, int]:  # noqa: ASYNC109

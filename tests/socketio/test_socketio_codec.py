@@ -83,12 +83,19 @@ def _select(*directions: str, errors: bool | None = None) -> list[Any]:
 
 
 def _plain_data(packet: Packet) -> Any:
-    """The packet's data as plain Python: EVENT/ACK arguments arrive as msgspec.Raw."""
+    """The packet's data as plain Python, as on the wire: EVENT/ACK arguments arrive as msgspec.Raw,
+    and an event's name, decoded once by the decoder, is ``packet.event``."""
     if packet.type in (PacketType.EVENT, PacketType.ACK):
         assert isinstance(packet.data, list)
         assert all(isinstance(arg, msgspec.Raw) for arg in packet.data)
-        return [msgspec.json.decode(arg) for arg in packet.data]
-    return packet.data
+        data = [msgspec.json.decode(arg) for arg in packet.data]
+    else:
+        data = packet.data
+    if packet.type in (PacketType.EVENT, PacketType.BINARY_EVENT):
+        assert isinstance(packet.event, str)
+        return [packet.event, *data]
+    assert packet.event == ""
+    return data
 
 
 # -- the vector file itself --------------------------------------------------------------------
@@ -147,8 +154,8 @@ def test_decode_vector(case: dict[str, Any]) -> None:
     assert packet.namespace == expected["namespace"]
     _assert_same(packet.id, expected["id"])
     _assert_same(_plain_data(packet), _from_json(expected["data"]))
-    if "raw" in case:
-        assert [bytes(arg).decode("utf-8") for arg in packet.data] == case["raw"]
+    if "raw" in case:  # the arguments after the event name, byte for byte
+        assert [bytes(arg).decode("utf-8") for arg in packet.data] == case["raw"][1:]
     # The decoder is ready for the next packet.
     assert decoder.receive_text('2["next"]') is not None
 
@@ -183,7 +190,8 @@ def test_encode_vector(case: dict[str, Any]) -> None:
 def test_encode_forwards_raw_arguments_byte_for_byte() -> None:
     packet = Decoder().receive_text('2["a" , {"b": 1,"c" : [1, 2]}]')
     assert packet is not None
-    assert encode_packet(PacketType.EVENT, "/chat", packet.data, 4) == '2/chat,4["a",{"b": 1,"c" : [1, 2]}]'
+    encoded = encode_packet(PacketType.EVENT, "/chat", [packet.event, *packet.data], 4)
+    assert encoded == '2/chat,4["a",{"b": 1,"c" : [1, 2]}]'
 
 
 def test_encode_binary_packet_accepts_bytearray_memoryview_and_tuples() -> None:
@@ -207,7 +215,7 @@ def test_decoder_sequence_of_packets() -> None:
     decoder = Decoder()
     assert decoder.receive_text('51-["a",{"_placeholder":true,"num":0}]') is None
     first = decoder.receive_binary(b"1")
-    assert first is not None and first.data == ["a", b"1"]
+    assert first is not None and _plain_data(first) == ["a", b"1"]
     second = decoder.receive_text('2["b"]')
     assert second is not None and second.type is PacketType.EVENT
     assert decoder.receive_text('61-3[{"_placeholder":true,"num":0}]') is None
@@ -376,7 +384,7 @@ def test_binary_round_trip(namespace: str, event: bool, name: str, payload: Any,
     assert packet is not None
     expected_type = PacketType.BINARY_EVENT if event else PacketType.BINARY_ACK
     assert (packet.type, packet.namespace, packet.id) == (expected_type, namespace, ack_id)
-    assert packet.data == data
+    assert _plain_data(packet) == data
 
 
 @settings(max_examples=300)

@@ -430,18 +430,17 @@ class SocketIO:
 
     async def _handle_event(self, sock: Socket, packet: Packet) -> None:
         ns = sock.namespace
-        binary = packet.type is PacketType.BINARY_EVENT
         data = packet.data
-        name = data[0] if binary else _json.decode(data[0])
+        name = packet.event
         entry = ns._handlers.get(name)
         sock.ack_requested = packet.id is not None
         try:
             if entry is not None:
                 fn, raw = entry
-                args = data[1:] if (raw or binary) else [_json.decode(a) for a in data[1:]]
+                args = data if (raw or packet.type is PacketType.BINARY_EVENT) else [_json.decode(a) for a in data]
                 result = await _call(fn, sock, *args)
             elif ns._any is not None:
-                result = await _call(ns._any, sock, name, *data[1:])
+                result = await _call(ns._any, sock, name, *data)
             else:
                 return
         finally:

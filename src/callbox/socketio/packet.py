@@ -63,7 +63,8 @@ class Packet(msgspec.Struct, gc=False):
     """A decoded packet.
 
     ``data`` is: for CONNECT the auth payload (any JSON value, usually an object) or None; for
-    EVENT and ACK the list of arguments as ``msgspec.Raw`` (the event name first, for EVENT);
+    EVENT and ACK the list of arguments as ``msgspec.Raw`` (for EVENT without the event name, which
+    is ``event``);
     for the binary kinds, after reassembly, the list of plain Python arguments with ``bytes``
     where the placeholders were.
     """
@@ -72,6 +73,7 @@ class Packet(msgspec.Struct, gc=False):
     namespace: str = "/"
     id: int | None = None
     data: Any = None
+    event: str = ""  # for EVENT and BINARY_EVENT: the event name, decoded once here
 
 
 _raw_list = msgspec.json.Decoder(list[msgspec.Raw])
@@ -169,15 +171,25 @@ def _decode(text: str) -> tuple[Packet, int]:
             if body or ack_id is not None:
                 raise SocketIOProtocolError("DISCONNECT carries no data")
         elif ptype is PacketType.EVENT or ptype is PacketType.ACK:
-            packet.data = _raw_list.decode(body)
-            _check_args(ptype, ack_id, packet.data)
+            args = _raw_list.decode(body)
+            if ptype is PacketType.EVENT:
+                packet.event = _event_name(args)
+                del args[0]
+            elif ack_id is None:
+                raise SocketIOProtocolError("ACK without an ack id")
+            packet.data = args
         elif ptype is PacketType.CONNECT_ERROR:
             raise SocketIOProtocolError("CONNECT_ERROR is sent by servers only")
         else:  # binary: decode fully, placeholders are filled in when the buffers arrive
-            packet.data = _any.decode(body)
-            if not isinstance(packet.data, list):
+            args = _any.decode(body)
+            if not isinstance(args, list):
                 raise SocketIOProtocolError("binary packet data must be an array")
-            _check_args(ptype, ack_id, packet.data)
+            if ptype is PacketType.BINARY_EVENT:
+                packet.event = _event_name(args)
+                del args[0]
+            elif ack_id is None:
+                raise SocketIOProtocolError("ACK without an ack id")
+            packet.data = args
     except msgspec.DecodeError as exc:
         raise SocketIOProtocolError(f"invalid JSON: {exc}") from exc
     except RecursionError:
@@ -185,22 +197,21 @@ def _decode(text: str) -> tuple[Packet, int]:
     return packet, attachments
 
 
-def _check_args(ptype: PacketType, ack_id: int | None, args: list[Any]) -> None:
-    if ptype is PacketType.EVENT or ptype is PacketType.BINARY_EVENT:
-        if not args:
-            raise SocketIOProtocolError("event without a name")
-        name = args[0]
-        if isinstance(name, msgspec.Raw):
-            try:
-                name = _any.decode(name)
-            except msgspec.DecodeError as exc:  # pragma: no cover - Raw was already validated
-                raise SocketIOProtocolError("invalid event name") from exc
-        if not isinstance(name, str):
-            raise SocketIOProtocolError("event name must be a string")
-        if name in RESERVED_EVENTS:
-            raise SocketIOProtocolError(f"{name!r} is a reserved event name")
-    elif ack_id is None:
-        raise SocketIOProtocolError("ACK without an ack id")
+def _event_name(args: list[Any]) -> str:
+    """The event name: the first argument, a string socket.io does not reserve."""
+    if not args:
+        raise SocketIOProtocolError("event without a name")
+    name = args[0]
+    if isinstance(name, msgspec.Raw):
+        try:
+            name = _any.decode(name)
+        except msgspec.DecodeError as exc:  # pragma: no cover - Raw was already validated
+            raise SocketIOProtocolError("invalid event name") from exc
+    if not isinstance(name, str):
+        raise SocketIOProtocolError("event name must be a string")
+    if name in RESERVED_EVENTS:
+        raise SocketIOProtocolError(f"{name!r} is a reserved event name")
+    return name
 
 
 def _fill_placeholders(data: Any, buffers: list[bytes]) -> Any:
