@@ -99,7 +99,7 @@ class Server:
         assert isinstance(registry, MemoryRegistry)
         return {"sessions": len(self.engine.sessions), "sockets": len(ns.sockets), "rooms": len(ns.rooms),
                 "users": len(registry.users), "calls": len(registry.calls), "timers": len(self.signalling.timers),
-                "pending_connects": len(self.app._pending), "tcp": self.engine.connections}
+                "pending_connects": len(self.app._pending), "tcp": self.engine.admission.connections}
 
 
 @dataclass

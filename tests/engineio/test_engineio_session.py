@@ -18,7 +18,7 @@ from callbox.engineio import (
     PollConflict,
     SessionState,
 )
-from callbox.engineio.session import _TRANSITIONS, CLOSE_FLUSH_TIMEOUT, UPGRADE_TIMEOUT
+from callbox.engineio.session import CLOSE_FLUSH_TIMEOUT, TRANSITIONS, UPGRADE_TIMEOUT, Effect, Input, Sent
 
 S = SessionState
 INTERVAL = 25.0
@@ -34,6 +34,7 @@ def make(*, websocket: bool = False, now: float = T0, max_outbox_bytes: int = 10
         ping_interval=kw.get("ping_interval", INTERVAL),
         ping_timeout=kw.get("ping_timeout", TIMEOUT),
         max_outbox_bytes=max_outbox_bytes,
+        **{k: v for k, v in kw.items() if k in ("event_rate", "event_burst")},
     )
 
 
@@ -167,7 +168,7 @@ def test_pong_during_upgrade_over_polling_counts() -> None:
     s = make()
     s.begin_upgrade(T0 + 20)
     s.handle_timeout(T0 + INTERVAL)
-    assert s.state is S.UPGRADING
+    assert s.state is S.PROBING
     assert s.take_output() == ["2"]
     assert s.receive_payload(b"3", T0 + 27) == []
     assert s.next_deadline() == T0 + 20 + UPGRADE_TIMEOUT  # the upgrade deadline comes first
@@ -182,9 +183,9 @@ def test_polling_round_trip() -> None:
     s = make()
     s.begin_poll(T0)
     assert not s.poll_ready  # held until something is queued
-    assert s.send('2["hello"]') is True
-    assert s.send(b"\x01\x02\x03") is True
-    assert s.send("") is True
+    assert s.send('2["hello"]') is Sent.QUEUED
+    assert s.send(b"\x01\x02\x03") is Sent.QUEUED
+    assert s.send("") is Sent.QUEUED
     assert s.poll_ready
     assert s.finish_poll() == b'42["hello"]\x1ebAQID\x1e4'
     assert not s.poll_ready and not s.has_output
@@ -246,7 +247,7 @@ def test_close_from_client_over_polling_releases_pending_get_with_noop() -> None
         s.begin_poll(T0)
     with pytest.raises(EngineIOProtocolError):
         s.receive_payload(b"4c", T0)
-    assert s.send("x") is False
+    assert s.send("x") is Sent.NOT_OPEN
 
 
 def test_close_from_client_over_websocket() -> None:
@@ -271,7 +272,7 @@ def test_concurrent_poll_conflict() -> None:
         s.begin_poll(T0 + 1)
     assert s.state is S.CLOSING and not s.is_open
     assert s.close_reason is CloseReason.TRANSPORT_ERROR
-    assert s.send("x") is False
+    assert s.send("x") is Sent.NOT_OPEN
     assert s.poll_ready
     assert s.finish_poll() == b"1"  # the first GET gets the close packet
     assert s.state is S.CLOSED
@@ -296,7 +297,7 @@ def test_abort_poll_closes_the_session() -> None:
     s.abort_poll()
     assert s.state is S.CLOSED and s.close_reason is CloseReason.TRANSPORT_CLOSE
     assert not s.has_output
-    assert s.send("y") is False
+    assert s.send("y") is Sent.NOT_OPEN
     with pytest.raises(EngineIOProtocolError):
         s.begin_poll(T0)
 
@@ -315,11 +316,11 @@ def test_upgrade() -> None:
     s = make()
     s.begin_poll(T0)
     s.begin_upgrade(T0)
-    assert s.state is S.UPGRADING and s.is_open
+    assert s.state is S.PROBING and s.is_open
     assert not s.poll_ready
     assert s.receive_ws_text("2probe", T0) == (None, "3probe")
     assert s.poll_ready  # the pending GET is released with a noop ...
-    assert s.send("during") is True
+    assert s.send("during") is Sent.QUEUED
     assert s.finish_poll() == b"6"  # ... and what is queued waits for the WebSocket
     assert s.has_output
     assert s.receive_payload(b"4from-polling", T0) == ["from-polling"]  # a POST still in flight
@@ -351,7 +352,7 @@ def test_upgrade_flushes_pending_ping_on_the_websocket() -> None:
     s.begin_upgrade(T0 + 20)
     s.receive_ws_text("2probe", T0 + 20)
     s.handle_timeout(T0 + INTERVAL)
-    assert s.state is S.UPGRADING
+    assert s.state is S.PROBED
     s.receive_ws_text("5", T0 + INTERVAL)
     assert s.take_output() == ["2"]
     assert s.receive_ws_text("3", T0 + INTERVAL + 1) == (None, None)
@@ -377,14 +378,14 @@ def test_upgrade_timeout_goes_back_to_polling() -> None:
     assert s.next_deadline() == T0 + 1 + UPGRADE_TIMEOUT  # before the first ping (T0 + 25)
     s.receive_ws_text("2probe", T0 + 2)
     s.handle_timeout(T0 + 1 + UPGRADE_TIMEOUT - 0.001)
-    assert s.state is S.UPGRADING
+    assert s.state is S.PROBED
     s.handle_timeout(T0 + 1 + UPGRADE_TIMEOUT)
     assert s.state is S.POLLING and s.is_open
     assert s.next_deadline() == T0 + INTERVAL
     with pytest.raises(EngineIOProtocolError):  # the stalled probe's late "5" is refused
         s.receive_ws_text("5", T0 + 12)
     s.begin_upgrade(T0 + 13)  # a new attempt is allowed
-    assert s.state is S.UPGRADING
+    assert s.state is S.PROBING
 
 
 def test_finished_upgrade_has_no_upgrade_deadline() -> None:
@@ -470,7 +471,7 @@ def test_close_over_websocket() -> None:
     s.close(CloseReason.FORCED_CLOSE, T0 + 1)
     assert s.state is S.CLOSING and not s.is_open
     assert s.close_reason is CloseReason.FORCED_CLOSE
-    assert s.send("late") is False
+    assert s.send("late") is Sent.NOT_OPEN
     assert s.receive_ws_text("4from-client", T0 + 1) == (None, None)  # a closing session takes no messages
     assert s.take_output() == ["4a", b"\x01", "1"]
     assert s.state is S.CLOSED
@@ -546,8 +547,8 @@ def test_send_on_a_closed_session(how: str) -> None:
         s.handle_timeout(T0 + INTERVAL)
         s.handle_timeout(T0 + INTERVAL + TIMEOUT)
     queued = s.has_output
-    assert s.send("x") is False
-    assert s.send(b"x") is False
+    assert s.send("x") is Sent.NOT_OPEN
+    assert s.send(b"x") is Sent.NOT_OPEN
     assert s.has_output == queued
 
 
@@ -556,26 +557,26 @@ def test_send_on_a_closed_session(how: str) -> None:
 
 def test_outbox_over_max_closes_with_outbox_full() -> None:
     s = make(websocket=True, max_outbox_bytes=10)
-    assert s.send("123") is True  # "4123": 4
-    assert s.send(b"\x00\x01\x02\x03\x04\x05") is True  # 10: at the bound
-    assert s.send("") is False  # "4": 11
+    assert s.send("123") is Sent.QUEUED  # "4123": 4
+    assert s.send(b"\x00\x01\x02\x03\x04\x05") is Sent.QUEUED  # 10: at the bound
+    assert s.send("") is Sent.OUTBOX_FULL  # "4": 11
     assert s.state is S.CLOSED and s.close_reason is CloseReason.OUTBOX_FULL
     assert not s.has_output
-    assert s.send("") is False
+    assert s.send("") is Sent.NOT_OPEN
 
 
 def test_outbox_counts_utf8_bytes_not_characters() -> None:
     # max_outbox is documented in bytes ("bytes queued for one client"); text goes out as UTF-8.
     s = make(websocket=True, max_outbox_bytes=10)
-    assert s.send("1") is True  # "41": 2 bytes
-    assert s.send("😀😀") is False  # "4😀😀": 9 bytes, 11 in all (but only 3 characters)
+    assert s.send("1") is Sent.QUEUED  # "41": 2 bytes
+    assert s.send("😀😀") is Sent.OUTBOX_FULL  # "4😀😀": 9 bytes, 11 in all (but only 3 characters)
     assert s.close_reason is CloseReason.OUTBOX_FULL
 
 
 def test_outbox_drained_in_time_stays_open() -> None:
     s = make(websocket=True, max_outbox_bytes=10)
     for _ in range(20):
-        assert s.send("12345678") is True
+        assert s.send("12345678") is Sent.QUEUED
         assert s.take_output() == ["412345678"]
     assert s.is_open
 
@@ -583,8 +584,8 @@ def test_outbox_drained_in_time_stays_open() -> None:
 def test_outbox_counts_the_pending_ping() -> None:
     s = make(websocket=True, max_outbox_bytes=10)
     s.handle_timeout(T0 + INTERVAL)  # "2" queued
-    assert s.send("12345678") is True  # 1 + 9 = 10
-    assert s.send("") is False
+    assert s.send("12345678") is Sent.QUEUED  # 1 + 9 = 10
+    assert s.send("") is Sent.OUTBOX_FULL
     assert s.close_reason is CloseReason.OUTBOX_FULL
 
 
@@ -592,7 +593,7 @@ def test_outbox_full_over_polling() -> None:
     s = make(max_outbox_bytes=8)
     s.begin_poll(T0)
     s.send("1234")
-    assert s.send("1234") is False
+    assert s.send("1234") is Sent.OUTBOX_FULL
     assert s.state is S.CLOSED and s.close_reason is CloseReason.OUTBOX_FULL
     assert s.poll_ready
     assert s.finish_poll() == b"6"
@@ -600,30 +601,29 @@ def test_outbox_full_over_polling() -> None:
 
 # -- transitions --------------------------------------------------------------------------------
 
+# Where each state may go next, from the docstring's diagram: the property test below checks that
+# no sequence of calls makes any other move.
 _ALLOWED = {
-    S.POLLING: {S.UPGRADING, S.CLOSING, S.CLOSED},
-    S.UPGRADING: {S.POLLING, S.WEBSOCKET, S.CLOSING, S.CLOSED},
+    S.POLLING: {S.PROBING, S.CLOSING, S.CLOSED},
+    S.PROBING: {S.PROBED, S.POLLING, S.CLOSING, S.CLOSED},
+    S.PROBED: {S.WEBSOCKET, S.POLLING, S.CLOSING, S.CLOSED},
     S.WEBSOCKET: {S.CLOSING, S.CLOSED},
     S.CLOSING: {S.CLOSED},
     S.CLOSED: set(),
 }
 
 
-def test_transition_table_is_the_documented_one() -> None:
-    assert {k: set(v) for k, v in _TRANSITIONS.items()} == _ALLOWED
-
-
 @pytest.mark.parametrize(
-    ("src", "dst"),
-    [(a, b) for a, b in itertools.product(S, S) if b not in _ALLOWED[a]],
-    ids=lambda s: s.value,
+    ("state", "what"),
+    [(st_, in_) for st_, in_ in itertools.product(S, Input) if (st_, in_) not in TRANSITIONS],
+    ids=str,
 )
-def test_every_illegal_transition_raises(src: SessionState, dst: SessionState) -> None:
+def test_an_input_with_no_row_raises_and_changes_nothing(state: SessionState, what: Input) -> None:
     s = make()
-    s.state = src
+    s.state = state
     with pytest.raises(IllegalTransition):
-        s._move(dst)
-    assert s.state is src
+        s._move(what)
+    assert s.state is state
 
 
 # Operations a shell may call in any order, each with the errors it may raise.
@@ -683,8 +683,8 @@ def test_random_operation_sequences(websocket: bool, ops: list[str]) -> None:
             elif op.startswith("post:"):
                 s.receive_payload(op[5:].encode(), now)
             elif op in ("send", "send-bytes"):
-                ok = s.send("m" * 10 if op == "send" else b"b" * 10)
-                assert ok == s.is_open or s.close_reason is CloseReason.OUTBOX_FULL
+                sent = s.send("m" * 10 if op == "send" else b"b" * 10)
+                assert (sent is Sent.QUEUED) == s.is_open or sent is Sent.OUTBOX_FULL
             elif op == "close":
                 s.close(CloseReason.FORCED_CLOSE, now)
             elif op == "lost":
@@ -699,10 +699,77 @@ def test_random_operation_sequences(websocket: bool, ops: list[str]) -> None:
         except (EngineIOProtocolError, PollConflict):
             pass
         assert s.state is before or s.state in _ALLOWED[before], (before, s.state, op)
+        for effect in s.take_effects():
+            assert isinstance(effect, Effect)
         if s.state is S.CLOSED:
             ever_closed = True
             assert not s.has_output
             assert s.next_deadline() == math.inf
             assert s.close_reason is not None
         assert not (ever_closed and s.state is not S.CLOSED)
-        assert s.is_open == (s.state in (S.POLLING, S.UPGRADING, S.WEBSOCKET))
+        assert s.is_open == (s.state in (S.POLLING, S.PROBING, S.PROBED, S.WEBSOCKET))
+
+
+# -- effects and send outcomes: what the shell is told --------------------------------------------
+
+
+def test_output_is_reported_once_per_batch() -> None:
+    s = make(websocket=True)
+    s.take_effects()
+    s.send("a")
+    s.send("b")
+    assert s.take_effects() == [Effect.OUTPUT]
+    s.take_output()
+    s.send("c")
+    assert s.take_effects() == [Effect.OUTPUT]
+
+
+def test_a_send_to_a_closing_session_is_not_open_and_changes_nothing() -> None:
+    """The late send: the final flush (queued data, the close packet) must survive it."""
+    s = make(websocket=True)
+    s.send("a" * 100)
+    s.close(CloseReason.RATE_LIMITED, T0)
+    s.take_effects()
+    assert s.send("late") is Sent.NOT_OPEN
+    assert s.take_effects() == []
+    assert s.take_output() == ["4" + "a" * 100, "1"]
+    assert s.take_effects() == [Effect.CLOSED]
+    assert s.close_reason is CloseReason.RATE_LIMITED
+
+
+def test_a_send_over_the_outbox_limit_is_reported_as_lost() -> None:
+    s = make(websocket=True, max_outbox_bytes=10)
+    s.send("123456789")
+    s.take_effects()
+    assert s.send("x") is Sent.OUTBOX_FULL
+    assert s.take_effects() == [Effect.LOST]
+    assert s.send("y") is Sent.NOT_OPEN
+    assert s.take_effects() == []
+
+
+def test_upgrade_effects() -> None:
+    s = make()
+    s.send("early")
+    s.begin_upgrade(T0)
+    s.take_effects()
+    s.receive_ws_text("2probe", T0)
+    assert s.take_effects() == [Effect.OUTPUT]  # release the pending (or coming) GET with a noop
+    s.receive_ws_text("5", T0)
+    assert s.take_effects() == [Effect.UPGRADED, Effect.OUTPUT]  # and write what waited
+    t = make()
+    t.begin_upgrade(T0)
+    t.take_effects()
+    t.handle_timeout(T0 + UPGRADE_TIMEOUT)
+    assert t.take_effects() == [Effect.UPGRADE_ABANDONED]
+    t.upgrade_failed()  # reported again by the probe's reader: nothing more to do
+    assert t.take_effects() == []
+
+
+def test_rate_limit_reports_each_dropped_packet() -> None:
+    s = make(websocket=True, event_rate=1.0, event_burst=2)
+    for _ in range(3):
+        s.receive_ws_text("4x", T0)
+    assert s.take_effects() == [Effect.DROPPED]
+    s.receive_ws_text("4x", T0)  # two in debt: cut off
+    assert s.take_effects() == [Effect.DROPPED, Effect.OUTPUT]
+    assert s.state is S.CLOSING and s.close_reason is CloseReason.RATE_LIMITED

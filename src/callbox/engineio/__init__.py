@@ -10,20 +10,24 @@ from .packet import (
 )
 from .session import (
     CloseReason,
+    Effect,
     EngineSession,
     IllegalTransition,
     PollConflict,
+    Sent,
     SessionState,
     TransportMismatch,
 )
 
 __all__ = [
     "CloseReason",
+    "Effect",
     "EngineIOProtocolError",
     "EngineSession",
     "IllegalTransition",
     "PacketType",
     "PollConflict",
+    "Sent",
     "SessionState",
     "TransportMismatch",
     "decode_payload",

@@ -7,16 +7,25 @@ heartbeat clock, the outbox of encoded packets waiting for a transport, and whic
 carries it. The caller (the Trio shell) feeds it what arrived and the current time, asks it for
 its next deadline, and takes the bytes it should write. It never reads a clock or does I/O.
 
-States and the only moves between them (``_TRANSITIONS``)::
+What a call changed that the shell must act on is said, not left to be guessed: each call may add
+:class:`Effect` values, which the shell takes with :meth:`EngineSession.take_effects` and applies
+in one place (wake the writer or a pending poll, abandon a write, adopt or drop a probing
+WebSocket, count a dropped packet). :meth:`EngineSession.send` answers with a :class:`Sent` that
+says why a message was not queued.
 
-    POLLING  --ws attach-->  UPGRADING  --"5" on the ws-->  WEBSOCKET
-    UPGRADING --ws gone-->  POLLING
-    POLLING / UPGRADING / WEBSOCKET  --close()-->  CLOSING  --close packet delivered-->  CLOSED
-    any open state  --peer closed, transport lost, timeout, protocol error-->  CLOSED
+The session's states and every move between them are the rows of ``TRANSITIONS`` (state, input)
+-> next state. An input with no row in the current state is a bug of ours and raises
+:class:`IllegalTransition`; a move that changes nothing (closing a closed session) is a row too::
 
-Heartbeat (v4: the server pings): a ping is due ``ping_interval`` after the session was made and
-after each pong; a session with no pong ``ping_timeout`` after the ping is closed. A fresh session
-that never answers is therefore gone ``ping_interval + ping_timeout`` after its handshake.
+    POLLING --ws attached--> PROBING --"2probe"--> PROBED --"5"--> WEBSOCKET
+    PROBING / PROBED --probe gone or upgrade timeout--> POLLING
+    any open state --close()--> CLOSING --close packet taken for writing--> CLOSED
+    any state --lost (peer closed, transport lost, timeout, protocol error, too slow)--> CLOSED
+
+Heartbeat (v4: the server pings), its own two-state table ``HEARTBEAT``: WAITING for
+``ping_interval`` after the session was made and after each pong, then a ping is queued and the
+session is AWAITING_PONG; no pong ``ping_timeout`` after the ping and the session is lost. A fresh
+session that never answers is therefore gone ``ping_interval + ping_timeout`` after its handshake.
 
 Outbox items are fully encoded: ``str`` is a text packet (type digit included), ``bytes`` is a
 binary message. Polling turns bytes into ``b<base64>``; WebSocket sends them as binary frames.
@@ -41,11 +50,17 @@ from .packet import (
 
 __all__ = [
     "CloseReason",
+    "Effect",
     "EngineSession",
+    "HEARTBEAT",
     "Handshake",
+    "Heartbeat",
     "IllegalTransition",
+    "Input",
     "PollConflict",
+    "Sent",
     "SessionState",
+    "TRANSITIONS",
     "TransportMismatch",
 ]
 
@@ -72,19 +87,54 @@ def _wire_size(item: str | bytes) -> int:
 
 class SessionState(enum.Enum):
     POLLING = "polling"
-    UPGRADING = "upgrading"
+    PROBING = "probing"  # a WebSocket is attached for the upgrade; "2probe" not yet seen
+    PROBED = "probed"  # "3probe" answered; waiting for "5"
     WEBSOCKET = "websocket"
-    CLOSING = "closing"
+    CLOSING = "closing"  # the close packet is queued behind what was already queued
     CLOSED = "closed"
 
 
-_S = SessionState
-_TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
-    _S.POLLING: frozenset({_S.UPGRADING, _S.CLOSING, _S.CLOSED}),
-    _S.UPGRADING: frozenset({_S.POLLING, _S.WEBSOCKET, _S.CLOSING, _S.CLOSED}),
-    _S.WEBSOCKET: frozenset({_S.CLOSING, _S.CLOSED}),
-    _S.CLOSING: frozenset({_S.CLOSED}),
-    _S.CLOSED: frozenset(),
+class Input(enum.Enum):
+    """What can happen to a session (the columns of ``TRANSITIONS``)."""
+
+    WS_ATTACHED = "a WebSocket arrived for the upgrade"
+    PROBE = "the client sent 2probe on it"
+    UPGRADE = "the client sent 5 on it"
+    UPGRADE_ABANDONED = "the probing WebSocket went away or took too long"
+    CLOSE = "we close it (the close packet follows what is queued)"
+    CLOSE_TAKEN = "the close packet was taken for writing"
+    LOST = "it ends at once"
+
+
+_S, _I = SessionState, Input
+_OPEN_STATES = (_S.POLLING, _S.PROBING, _S.PROBED, _S.WEBSOCKET)
+TRANSITIONS: dict[tuple[SessionState, Input], SessionState] = {
+    (_S.POLLING, _I.WS_ATTACHED): _S.PROBING,
+    (_S.PROBING, _I.PROBE): _S.PROBED,
+    (_S.PROBED, _I.UPGRADE): _S.WEBSOCKET,
+    (_S.PROBING, _I.UPGRADE_ABANDONED): _S.POLLING,
+    (_S.PROBED, _I.UPGRADE_ABANDONED): _S.POLLING,
+    # The probe may be reported gone after the session closed or after it was adopted: no move.
+    **{(s, _I.UPGRADE_ABANDONED): s for s in (_S.POLLING, _S.WEBSOCKET, _S.CLOSING, _S.CLOSED)},
+    **{(s, _I.CLOSE): _S.CLOSING for s in _OPEN_STATES},
+    (_S.CLOSING, _I.CLOSE): _S.CLOSING,  # closing twice keeps the first reason
+    (_S.CLOSED, _I.CLOSE): _S.CLOSED,
+    (_S.CLOSING, _I.CLOSE_TAKEN): _S.CLOSED,
+    **{(s, _I.LOST): _S.CLOSED for s in (*_OPEN_STATES, _S.CLOSING)},
+    (_S.CLOSED, _I.LOST): _S.CLOSED,  # the first reason stays
+}
+
+
+class Heartbeat(enum.Enum):
+    WAITING = "waiting"  # a ping is due at the deadline
+    AWAITING_PONG = "awaiting pong"  # the session is lost at the deadline
+
+
+HEARTBEAT: dict[tuple[Heartbeat, str], Heartbeat] = {
+    (Heartbeat.WAITING, "deadline"): Heartbeat.AWAITING_PONG,  # a ping is queued
+    (Heartbeat.WAITING, "pong"): Heartbeat.WAITING,  # unsolicited: changes nothing
+    (Heartbeat.AWAITING_PONG, "pong"): Heartbeat.WAITING,  # next ping ping_interval from now
+    # (AWAITING_PONG, "deadline") has no row: the session is lost instead.
 }
 
 
@@ -103,6 +153,25 @@ class CloseReason(enum.Enum):
     RATE_LIMITED = "rate limited"  # the client kept sending far past its rate limit
     FORCED_CLOSE = "forced close"  # the application closed it
     SERVER_SHUTDOWN = "server shutting down"
+
+
+class Sent(enum.Enum):
+    """What :meth:`EngineSession.send` did with a message."""
+
+    QUEUED = "queued"
+    NOT_OPEN = "not open"  # closing or closed: nothing queued, nothing else changed
+    OUTBOX_FULL = "outbox full"  # the client is too slow: the session was lost (its outbox with it)
+
+
+class Effect(enum.Enum):
+    """What the shell must act on after a call into the session."""
+
+    OUTPUT = "output queued"  # wake the WebSocket writer, or answer a pending poll
+    LOST = "lost"  # ended at once: abandon any write in flight, wake everyone
+    CLOSED = "closed"  # ended in order: its close packet was taken for writing
+    UPGRADED = "upgraded"  # the probing WebSocket now carries the session
+    UPGRADE_ABANDONED = "upgrade abandoned"  # close the probing WebSocket, if it is still there
+    DROPPED = "dropped"  # the rate limit dropped one packet from the client
 
 
 class Handshake(msgspec.Struct, frozen=True):
@@ -137,20 +206,19 @@ class EngineSession:
         "ping_interval",
         "ping_timeout",
         "max_outbox_bytes",
+        "heartbeat",
+        "_heartbeat_at",
         "_outbox",
         "_outbox_bytes",
-        "_ping_at",
-        "_pong_by",
+        "_effects",
         "_close_by",
         "_poll_pending",
-        "_probed",
-        "_noop_sent",
+        "_noop_owed",
         "_upgrade_by",
         "event_rate",
         "event_burst",
         "_tokens",
         "_tokens_at",
-        "dropped",
     )
 
     def __init__(
@@ -171,36 +239,52 @@ class EngineSession:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self.max_outbox_bytes = max_outbox_bytes
+        self.heartbeat = Heartbeat.WAITING
+        self._heartbeat_at = now + ping_interval
         self._outbox: list[str | bytes] = []
         self._outbox_bytes = 0
-        self._ping_at: float = now + ping_interval
-        self._pong_by: float | None = None
+        self._effects: list[Effect] = []
         self._close_by: float | None = None
         self._poll_pending = False
-        self._probed = False
-        self._noop_sent = False  # the GET pending at the probe was released with a noop
+        self._noop_owed = False  # the first GET after the probe is answered at once with a noop
         self._upgrade_by: float | None = None
         # Rate limit: a token bucket of event_burst packets refilled at event_rate a second. A
-        # packet with no token is dropped (counted in ``dropped`` for the caller to report); the
-        # debt is kept, and a client event_burst packets in debt is closed.
+        # packet with no token is dropped (an Effect.DROPPED each); the debt is kept, and a client
+        # event_burst packets in debt is closed.
         self.event_rate = event_rate
         self.event_burst = event_burst
         self._tokens = float(event_burst)
         self._tokens_at = now
-        self.dropped = 0
 
     # -- state --------------------------------------------------------------------------------
 
-    def _move(self, new: SessionState) -> None:
-        if new not in _TRANSITIONS[self.state]:
-            raise IllegalTransition(f"session {self.state.value} -> {new.value}")
-        self.state = new
+    def _move(self, what: Input) -> SessionState:
+        new = TRANSITIONS.get((self.state, what))
+        if new is None:
+            raise IllegalTransition(f"session {self.state.value}: {what.value}")
+        old, self.state = self.state, new
+        return old
+
+    def _beat(self, what: str) -> None:
+        new = HEARTBEAT.get((self.heartbeat, what))
+        if new is None:
+            raise IllegalTransition(f"heartbeat {self.heartbeat.value}: {what}")
+        self.heartbeat = new
 
     @property
     def is_open(self) -> bool:
         """True until the session is closing or closed; only an open session takes messages."""
         state = self.state  # identity checks: cheaper than hashing the enum into a set
         return state is not _S.CLOSING and state is not _S.CLOSED
+
+    def take_effects(self) -> list[Effect]:
+        """What changed since the last call, in order, for the shell to act on."""
+        effects, self._effects = self._effects, []
+        return effects
+
+    @property
+    def has_effects(self) -> bool:
+        return bool(self._effects)
 
     def handshake_packet(self, *, upgrades: list[str], max_payload: int) -> str:
         data = Handshake(
@@ -216,22 +300,20 @@ class EngineSession:
 
     def close(self, reason: CloseReason, now: float) -> None:
         """Close from our side: the close packet goes after what is queued, then the session ends."""
-        if not self.is_open:
-            return
-        self.close_reason = reason
-        self._move(_S.CLOSING)
-        self._outbox.append(_CLOSE)
-        self._close_by = now + CLOSE_FLUSH_TIMEOUT
+        if self._move(_I.CLOSE) in _OPEN_STATES:
+            self.close_reason = reason
+            self._enqueue(_CLOSE, 1)
+            self._close_by = now + CLOSE_FLUSH_TIMEOUT
 
     def lost(self, reason: CloseReason) -> None:
-        """The session ends at once: the peer left, broke the protocol, or timed out."""
-        if self.state is _S.CLOSED:
+        """The session ends at once: the peer left, broke the protocol, timed out or is too slow."""
+        if self._move(_I.LOST) is _S.CLOSED:
             return
         if self.close_reason is None:
             self.close_reason = reason
-        self._move(_S.CLOSED)
         self._outbox.clear()
         self._outbox_bytes = 0
+        self._effects.append(Effect.LOST)
 
     # -- heartbeat and deadlines --------------------------------------------------------------
 
@@ -240,13 +322,16 @@ class EngineSession:
             return math.inf
         if self._close_by is not None:
             return self._close_by
-        heartbeat = self._pong_by if self._pong_by is not None else self._ping_at
-        return heartbeat if self._upgrade_by is None else min(heartbeat, self._upgrade_by)
+        if self._upgrade_by is None:
+            return self._heartbeat_at
+        return min(self._heartbeat_at, self._upgrade_by)
 
     def dead_by(self) -> float:
         """When a client that stopped reading would be declared dead by the heartbeat: a write
         still stuck then has no reader to wait for."""
-        return self._pong_by if self._pong_by is not None else self._ping_at + self.ping_timeout
+        if self.heartbeat is Heartbeat.AWAITING_PONG:
+            return self._heartbeat_at
+        return self._heartbeat_at + self.ping_timeout
 
     def handle_timeout(self, now: float) -> None:
         """Act on whatever deadline has passed: ping, declare the peer dead, or drop the session."""
@@ -258,40 +343,42 @@ class EngineSession:
             return
         if self._upgrade_by is not None and now >= self._upgrade_by:
             self.upgrade_failed()
-        if self._pong_by is not None:
-            if now >= self._pong_by:
+        if now >= self._heartbeat_at:
+            if self.heartbeat is Heartbeat.AWAITING_PONG:
                 self.lost(CloseReason.PING_TIMEOUT)
-            return
-        if now >= self._ping_at:
-            self._pong_by = now + self.ping_timeout
+                return
+            self._beat("deadline")
+            self._heartbeat_at = now + self.ping_timeout
             self._enqueue(_PING, 1)
 
     def _pong(self, now: float) -> None:
-        if self._pong_by is not None:  # an unsolicited pong changes nothing
-            self._pong_by = None
-            self._ping_at = now + self.ping_interval
+        if self.heartbeat is Heartbeat.AWAITING_PONG:
+            self._heartbeat_at = now + self.ping_interval
+        self._beat("pong")
 
     # -- outbox -------------------------------------------------------------------------------
 
     def _enqueue(self, item: str | bytes, size: int) -> None:
+        if not self._outbox:
+            self._effects.append(Effect.OUTPUT)  # one wake-up per batch, not per message
         self._outbox.append(item)
         self._outbox_bytes += size
 
-    def send(self, data: str | bytes) -> bool:
-        """Queue a message. False if the session is no longer open (nothing was queued).
+    def send(self, data: str | bytes) -> Sent:
+        """Queue a message.
 
         A client that lets more than ``max_outbox_bytes`` pile up is too slow to keep: the
-        session is closed (the queued data with it) rather than let memory grow.
+        session is lost (the queued data with it) rather than let memory grow.
         """
         if not self.is_open:
-            return False
+            return Sent.NOT_OPEN
         item = data if isinstance(data, bytes) else "4" + data
         size = _wire_size(item)
         if self._outbox_bytes + size > self.max_outbox_bytes and self._outbox:
             self.lost(CloseReason.OUTBOX_FULL)
-            return False
+            return Sent.OUTBOX_FULL
         self._enqueue(item, size)
-        return True
+        return Sent.QUEUED
 
     @property
     def has_output(self) -> bool:
@@ -303,7 +390,8 @@ class EngineSession:
         self._outbox = []
         self._outbox_bytes = 0
         if self.state is _S.CLOSING and out:
-            self._move(_S.CLOSED)
+            self._move(_I.CLOSE_TAKEN)
+            self._effects.append(Effect.CLOSED)
         return out
 
     # -- receiving ----------------------------------------------------------------------------
@@ -320,7 +408,7 @@ class EngineSession:
         self._tokens = tokens
         if tokens >= 0.0:
             return True
-        self.dropped += 1
+        self._effects.append(Effect.DROPPED)
         if tokens <= -self.event_burst:
             self.close(CloseReason.RATE_LIMITED, now)
         return False
@@ -332,7 +420,7 @@ class EngineSession:
         if ptype is PacketType.MESSAGE:
             return data if self.is_open else None
         if ptype is PacketType.PONG:
-            if self.state is _S.UPGRADING and websocket:
+            if websocket and self.state in (_S.PROBING, _S.PROBED):
                 raise EngineIOProtocolError("pong on a WebSocket that is still probing")
             self._pong(now)
         elif ptype is PacketType.CLOSE:
@@ -345,7 +433,7 @@ class EngineSession:
 
     def receive_payload(self, body: bytes, now: float) -> list[str | bytes]:
         """A polling POST body. Returns the messages in it, in order."""
-        if self.state not in (_S.POLLING, _S.UPGRADING):
+        if self.state not in (_S.POLLING, _S.PROBING, _S.PROBED):
             raise TransportMismatch("POST on a session that is not polling")
         messages = []
         for packet in decode_payload(body):
@@ -356,16 +444,17 @@ class EngineSession:
 
     def receive_ws_text(self, text: str, now: float) -> tuple[str | None, str | None]:
         """A WebSocket text frame. Returns (message or None, frame to answer directly or None)."""
-        if self.state is _S.UPGRADING:
+        state = self.state
+        if state is _S.PROBING or state is _S.PROBED:
             return None, self._receive_upgrade_frame(text)
         if text[:1] == "4":  # the hot path: skip the general decoder for plain messages
-            return (text[1:] if self.state is _S.WEBSOCKET and self._admit(now) else None), None
+            return (text[1:] if state is _S.WEBSOCKET and self._admit(now) else None), None
         msg = self._receive_packet(decode_text_packet(text), now, websocket=True)
         assert not isinstance(msg, bytes)
         return msg, None
 
     def receive_ws_binary(self, data: bytes, now: float) -> bytes | None:
-        if self.state is _S.UPGRADING:
+        if self.state is _S.PROBING or self.state is _S.PROBED:
             raise EngineIOProtocolError("binary frame on a WebSocket that is still probing")
         return data if self.state is _S.WEBSOCKET and self._admit(now) else None
 
@@ -373,33 +462,28 @@ class EngineSession:
 
     def begin_poll(self, now: float) -> None:
         """A GET arrived. Two at once is a client bug: the session closes, the second gets 400."""
-        if self.state not in (_S.POLLING, _S.UPGRADING, _S.CLOSING):
+        if self.state not in (_S.POLLING, _S.PROBING, _S.PROBED, _S.CLOSING):
             raise TransportMismatch("GET on a session that is not polling")
         if self._poll_pending:
             if self.is_open:
-                self.close_reason = CloseReason.TRANSPORT_ERROR
-                self._move(_S.CLOSING)
-                self._outbox = [_CLOSE]  # the first GET gets the close packet
-                self._outbox_bytes = 1
-                self._close_by = now + CLOSE_FLUSH_TIMEOUT
+                # The first GET gets the close packet, and nothing that was queued before it.
+                self._outbox.clear()
+                self._outbox_bytes = 0
+                self.close(CloseReason.TRANSPORT_ERROR, now)
             raise PollConflict()
         self._poll_pending = True
 
     @property
     def poll_ready(self) -> bool:
         """True when a pending GET has something to return (or must be released)."""
-        if self.state is _S.CLOSED:
-            return True
-        if self.state is _S.UPGRADING and self._probed and not self._noop_sent:
-            return True
-        return bool(self._outbox)
+        return self.state is _S.CLOSED or self._noop_owed or bool(self._outbox)
 
     def finish_poll(self) -> bytes:
         """The body for the pending GET: everything queued, or a noop to release it."""
         self._poll_pending = False
-        if self.state is _S.UPGRADING and self._probed and not self._noop_sent:
+        if self._noop_owed:
             # Released once, so the client stops polling; later GETs get data as usual.
-            self._noop_sent = True
+            self._noop_owed = False
             return _NOOP.encode()
         if self.state is _S.CLOSED:
             return _NOOP.encode()
@@ -419,24 +503,30 @@ class EngineSession:
         """A WebSocket arrived for this polling session. Any other state refuses it."""
         if self.state is not _S.POLLING:
             raise EngineIOProtocolError(f"WebSocket for a session that is {self.state.value}")
-        self._move(_S.UPGRADING)
-        self._probed = False
-        self._noop_sent = False
+        self._move(_I.WS_ATTACHED)
         self._upgrade_by = now + UPGRADE_TIMEOUT
 
     def _receive_upgrade_frame(self, text: str) -> str | None:
-        if text == "2probe" and not self._probed:
-            self._probed = True
+        if text == "2probe" and self.state is _S.PROBING:
+            self._move(_I.PROBE)
+            # The client now pauses polling: the GET it has out (pending here or still on its way)
+            # must come back, with a noop, before it sends "5".
+            self._noop_owed = True
+            self._effects.append(Effect.OUTPUT)
             return _PROBE_ANSWER
-        if text == "5" and self._probed:
-            self._move(_S.WEBSOCKET)
+        if text == "5" and self.state is _S.PROBED:
+            self._move(_I.UPGRADE)
             self._upgrade_by = None
+            self._noop_owed = False
+            self._effects.append(Effect.UPGRADED)
+            if self._outbox:
+                self._effects.append(Effect.OUTPUT)  # what waited during the upgrade
             return None
         raise EngineIOProtocolError(f"unexpected frame during upgrade: {text[:16]!r}")
 
     def upgrade_failed(self) -> None:
         """The probing WebSocket went away, or took too long, before ``5``: stay on polling."""
         self._upgrade_by = None
-        if self.state is _S.UPGRADING:
-            self._move(_S.POLLING)
-            self._probed = False
+        self._noop_owed = False
+        if self._move(_I.UPGRADE_ABANDONED) in (_S.PROBING, _S.PROBED):
+            self._effects.append(Effect.UPGRADE_ABANDONED)

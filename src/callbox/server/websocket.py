@@ -1,0 +1,161 @@
+"""The WebSocket transport: the 101 answer, then a reader that hands messages to the application
+inline (so one client's messages are handled in order, with no task hop per message).
+
+A WebSocket either carries a session from its start (no ``sid``: the open packet follows the 101 in
+the same write) or probes to upgrade a polling session (``2probe`` / ``3probe`` / ``5``); once the
+core reports the upgrade, the session adopts it (``server/session.py``)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import h11
+import trio
+
+from ..engineio import CloseReason, EngineIOProtocolError, SessionState
+from .routing import UNKNOWN_SID, HTTPError, websocket_key
+from .session import EngineSocket, apply, batched_writes
+from .wsframe import BINARY, CLOSE, CODECS, PING, TEXT, WSCodec, WSProtocolError, accept_token
+
+if TYPE_CHECKING:
+    from .connection import Connection
+    from .engine import EngineServer
+
+__all__ = ["open_websocket", "read_websocket"]
+
+log = logging.getLogger("callbox.engine")
+
+# WebSocket close codes we send (RFC 6455 7.4.1); 1005 means the client's close gave none.
+PROTOCOL_ERROR, POLICY_VIOLATION = 1002, 1008
+# How long the answers the reader owes (pong, close echo) may take once the session is over.
+CONTROL_TIMEOUT = 1.0
+
+
+async def open_websocket(
+    server: EngineServer, conn: Connection, request: h11.Request, sid: str | None
+) -> tuple[EngineSocket, WSCodec] | None:
+    """Answer 101 and return the session this WebSocket carries or probes for (None: refused)."""
+    key = websocket_key(request)
+    sock: EngineSocket | None = None
+    if sid is not None:
+        sock = server.sessions.get(sid)
+        if sock is None:
+            raise HTTPError(400, UNKNOWN_SID)
+    else:
+        server.admission.admit_session(conn.address, trio.current_time())
+    await conn.drain_body(0)
+    cfg = server.config
+    headers = [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"), (b"Sec-WebSocket-Accept", accept_token(key))]
+    head = conn.h11.send(h11.InformationalResponse(status_code=101, headers=headers)) or b""
+    ws: WSCodec = CODECS[cfg.ws_codec](cfg.max_payload, bytes(conn.h11.trailing_data[0]))
+    stream = conn.stream
+    if sock is None:
+        sock = server.new_session(conn.address, websocket=True)
+        opening = sock.core.handshake_packet(upgrades=[], max_payload=cfg.max_payload)
+        await stream.send_all(head + ws.message(opening))  # the 101 and the open packet: one write
+        sock.carry(ws, stream)
+        await server.start_session(sock)
+        return sock, ws
+    await stream.send_all(head)
+    try:
+        sock.core.begin_upgrade(trio.current_time())
+    except EngineIOProtocolError:
+        # Not a polling session (already upgraded, or upgrading): this WebSocket is refused.
+        await stream.send_all(ws.close(POLICY_VIOLATION))
+        return None
+    return sock, ws
+
+
+class _Done(Exception):
+    """The WebSocket is finished (its close frame was read, or the session is over)."""
+
+
+async def read_websocket(server: EngineServer, sock: EngineSocket, ws: WSCodec, stream: Any) -> None:
+    """Read frames until the WebSocket or the session ends; messages go to the app inline."""
+    core = sock.core
+    reason = CloseReason.TRANSPORT_CLOSE
+    control: list[bytes] = []  # frames the reader answers itself (pong, close, 3probe)
+    with trio.CancelScope() as scope:
+        if sock._ws is ws:
+            sock._ws_scope = scope  # the session's end closes this WebSocket
+        else:
+            sock._probe = (ws, stream, scope)  # the session adopts it, or an abandoned upgrade closes it
+        try:
+            while True:
+                data = await stream.receive_some(server.RECEIVE_SIZE)
+                if not data:
+                    break
+                with batched_writes():
+                    await _handle_read(server, sock, ws, scope, data, control)
+                if control:
+                    await _send_control(sock, ws, stream, control)
+                    control.clear()
+        except _Done:
+            if control:
+                with trio.move_on_after(CONTROL_TIMEOUT):
+                    await _send_control(sock, ws, stream, control)
+            if sock._ws is ws and core.state is SessionState.CLOSING:
+                await trio.sleep_forever()  # until the session task has flushed its close
+        except (EngineIOProtocolError, WSProtocolError) as exc:
+            log.info("protocol error", extra={"fields": {"sid": sock.sid, "error": str(exc)}})
+            reason = CloseReason.PARSE_ERROR
+            # Tell the client why, rather than just drop it.
+            frame = ws.close(exc.code if isinstance(exc, WSProtocolError) else PROTOCOL_ERROR)
+            if frame:
+                with trio.move_on_after(server.LINGER):
+                    await _send_control(sock, ws, stream, [frame])
+                await server.linger(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            if sock._ws is ws:
+                sock._fd = -1  # the stream closes after this: never write to its descriptor again
+                if sock._ws_scope is scope:
+                    sock._ws_scope = None
+                sock.lose(reason)
+            elif sock._probe is not None and sock._probe[0] is ws:
+                sock._probe = None
+                core.upgrade_failed()
+                apply(sock)
+
+
+async def _handle_read(server: EngineServer, sock: EngineSocket, ws: WSCodec, scope: trio.CancelScope, data: bytes,
+                       control: list[bytes]) -> None:
+    """Hand the frames of one read to the session and the application, in order."""
+    core = sock.core
+    for kind, payload in ws.feed(data):
+        msg: str | bytes | None
+        if kind == TEXT:
+            assert isinstance(payload, str)
+            msg, reply = core.receive_ws_text(payload, trio.current_time())
+            if reply is not None:
+                control.append(ws.message(reply))
+        elif kind == BINARY:
+            assert isinstance(payload, bytes)
+            msg = core.receive_ws_binary(payload, trio.current_time())
+        elif kind == PING:
+            assert isinstance(payload, bytes)
+            control.append(ws.pong(payload))
+            continue
+        else:
+            assert kind == CLOSE and isinstance(payload, int)
+            control.append(ws.close(payload))  # echo its code (none: an empty close)
+            raise _Done
+        apply(sock)
+        if sock._ws is ws and sock._ws_scope is not scope:
+            sock._ws_scope = scope  # adopted by the upgrade
+        if msg is not None:
+            await server.deliver(sock, msg)
+        if not core.is_open:
+            # Closed (by the client, a handler, the rate limit): read no more of what is
+            # buffered; the session task writes the close and ends us.
+            raise _Done
+
+
+async def _send_control(sock: EngineSocket, ws: WSCodec, stream: Any, frames: list[bytes]) -> None:
+    if sock._ws is not ws:  # a probe: nothing else writes to it
+        await stream.send_all(b"".join(frames))
+    else:
+        async with sock._wlock:
+            await stream.send_all(b"".join(frames))
