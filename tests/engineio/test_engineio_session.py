@@ -114,6 +114,7 @@ def test_fresh_session_that_never_answers_is_gone_by_interval_plus_timeout(sessi
     # The caller sleeps until each deadline and calls handle_timeout then (a late wake-up too).
     session.handle_timeout(session.next_deadline() + 0.5)
     assert session.has_output
+    assert session.next_deadline() == T0 + INTERVAL + 0.5 + TIMEOUT  # the whole timeout, from the late ping
     session.handle_timeout(session.next_deadline())
     assert session.state is S.CLOSED and session.close_reason is CloseReason.PING_TIMEOUT
 
@@ -126,6 +127,15 @@ def test_ping_not_answered_but_polled_still_times_out() -> None:
     assert s.finish_poll() == b"2"
     s.handle_timeout(T0 + INTERVAL + TIMEOUT)
     assert s.state is S.CLOSED and s.close_reason is CloseReason.PING_TIMEOUT
+
+
+def test_ping_over_polling_goes_after_what_was_queued() -> None:
+    s = make()
+    s.send("hello")
+    s.handle_timeout(T0 + INTERVAL)
+    s.begin_poll(T0 + INTERVAL)
+    assert s.poll_ready
+    assert s.finish_poll() == b"4hello\x1e2"
 
 
 def test_pong_moves_the_next_ping(session: EngineSession) -> None:

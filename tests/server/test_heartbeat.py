@@ -11,7 +11,8 @@ under load, and a jump in that window skips a whole ping interval and makes the 
 milliseconds of real idleness before each jump closes the window at a cost of milliseconds per
 jump; virtual time still moves only by jumps, so the times asserted below are exact.
 
-Pure sans-IO tests of :class:`EngineSession` with explicit ``now`` values are at the end.
+The same rules without sockets or a clock, on :class:`EngineSession` with explicit ``now`` values:
+tests/engineio/test_engineio_session.py.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from _raw import (
     ws_recv,
     ws_send,
 )
-from callbox.engineio import CloseReason, EngineSession, SessionState
+from callbox.engineio import CloseReason
 
 AUTOJUMP = 0.005  # real seconds of idleness before the virtual clock jumps (see above)
 
@@ -425,89 +426,3 @@ async def test_pending_poll_is_released_at_connect_timeout(start_server: Any, cl
         await conn.aclose()
     assert (resp.status, resp.body) == (200, b"1")
     assert now() - t0 == pytest.approx(CONNECT_TIMEOUT, abs=EPS)
-
-
-# -- sans-IO: EngineSession with explicit times ----------------------------------------------------
-
-
-def session(websocket: bool = False, t: float = 100.0) -> EngineSession:
-    return EngineSession("sid", websocket=websocket, now=t, ping_interval=25.0, ping_timeout=20.0,
-                         max_outbox_bytes=1 << 20)
-
-
-def test_sansio_first_ping_at_interval_after_creation() -> None:
-    s = session()
-    assert s.next_deadline() == 125.0
-    s.handle_timeout(124.999)
-    assert not s.has_output
-    s.handle_timeout(125.0)
-    assert s.take_output() == ["2"]
-    assert s.next_deadline() == 145.0
-
-
-def test_sansio_fresh_session_gone_by_interval_plus_timeout() -> None:
-    s = session()
-    s.handle_timeout(125.0)
-    s.handle_timeout(144.999)
-    assert s.is_open
-    s.handle_timeout(145.0)
-    assert s.state is SessionState.CLOSED
-    assert s.close_reason is CloseReason.PING_TIMEOUT
-
-
-def test_sansio_late_wakeup_still_gives_the_client_its_timeout() -> None:
-    # A wake-up long after the ping was due sends it then; the client has ping_timeout from then.
-    s = session()
-    s.handle_timeout(130.0)
-    assert s.take_output() == ["2"]
-    assert s.next_deadline() == 150.0
-
-
-def test_sansio_pong_resets_the_interval() -> None:
-    s = session()
-    s.handle_timeout(125.0)
-    s.take_output()
-    assert s.receive_payload(b"3", 140.0) == []
-    assert s.next_deadline() == 165.0
-    s.handle_timeout(164.0)
-    assert not s.has_output and s.is_open
-    s.handle_timeout(165.0)
-    assert s.take_output() == ["2"]
-
-
-def test_sansio_unsolicited_pong_changes_nothing() -> None:
-    s = session(websocket=True)
-    assert s.receive_ws_text("3", 110.0) == (None, None)
-    assert s.next_deadline() == 125.0
-
-
-def test_sansio_ping_over_polling_payload() -> None:
-    s = session()
-    assert s.send("hello")
-    s.handle_timeout(125.0)
-    s.begin_poll(125.0)
-    assert s.poll_ready
-    assert s.finish_poll() == b"4hello\x1e2"
-
-
-def test_sansio_close_is_dropped_if_never_fetched() -> None:
-    s = session()
-    s.close(CloseReason.FORCED_CLOSE, 110.0)
-    assert s.state is SessionState.CLOSING
-    assert s.next_deadline() == pytest.approx(110.0 + 3.0)
-    s.handle_timeout(113.0)
-    assert s.state is SessionState.CLOSED
-    assert s.close_reason is CloseReason.FORCED_CLOSE
-
-
-def test_sansio_probe_upgrade_and_noop() -> None:
-    s = session()
-    s.begin_poll(101.0)
-    assert not s.poll_ready
-    s.begin_upgrade(101.5)
-    assert s.receive_ws_text("2probe", 102.0) == (None, "3probe")
-    assert s.poll_ready
-    assert s.finish_poll() == b"6"
-    assert s.receive_ws_text("5", 103.0) == (None, None)
-    assert s.state is SessionState.WEBSOCKET
-    assert s.receive_ws_text("4hi", 104.0) == ("hi", None)
