@@ -1,4 +1,5 @@
-"""The Engine.IO and Socket.IO cores are sans-IO: importing them loads no trio, h11 or wsproto."""
+"""The sans-IO cores (Engine.IO, Socket.IO, and the signalling rules: the state tables and the
+registry) load no trio, h11 or wsproto when imported."""
 
 import pathlib
 import subprocess
@@ -12,13 +13,14 @@ pytestmark = pytest.mark.process  # a fresh interpreter, so that nothing is impo
 
 
 def test_cores_import_no_io_library() -> None:
-    # callbox/__init__.py loads the Trio shell, so stand in an empty package for it: the cores
-    # must import on their own.
+    # callbox/__init__.py and callbox/signalling/__init__.py load the Trio shell, so stand in empty
+    # packages for them: the cores must import on their own.
     code = (
         "import sys, types\n"
-        f"pkg = types.ModuleType('callbox'); pkg.__path__ = [{str(pathlib.Path(callbox.__file__).parent)!r}]\n"
-        "sys.modules['callbox'] = pkg\n"
-        "import callbox.engineio, callbox.socketio\n"
+        f"root = {str(pathlib.Path(callbox.__file__).parent)!r}\n"
+        "for name, path in (('callbox', root), ('callbox.signalling', root + '/signalling')):\n"
+        "    pkg = types.ModuleType(name); pkg.__path__ = [path]; sys.modules[name] = pkg\n"
+        "import callbox.engineio, callbox.socketio, callbox.signalling._state, callbox.signalling._registry\n"
         "print(','.join(sorted(m for m in ('trio', 'h11', 'wsproto') if m in sys.modules)))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -13,8 +13,8 @@ from __future__ import annotations
 from ._serve import serve
 from .config import Config, ConfigError
 from .engineio import CloseReason
+from .server.api import ConnectionRefused, DisconnectReason, Namespace, Socket, SocketIO
 from .server.engine import EngineApp, EngineServer, EngineSocket
-from .server.socketio import ConnectionRefused, DisconnectReason, Namespace, Socket, SocketIO
 
 __version__ = "0.1.0"
 

@@ -13,8 +13,8 @@ import trio
 
 from .config import Config, ConfigError, parse_args
 from .logs import setup_logging
+from .server.api import SocketIO
 from .server.engine import EngineServer
-from .server.socketio import SocketIO
 from .signalling import create_app
 
 log = logging.getLogger("callbox")

@@ -16,7 +16,7 @@ import msgspec
 from ..auth import TokenVerifier, Unauthorized
 from ..config import Config
 from ..metrics import Counter
-from ..server.socketio import ConnectionRefused, Namespace, Socket, SocketIO
+from ..server.api import ConnectionRefused, Namespace, Socket, SocketIO
 from ._observe import Observer
 from ._registry import Registry
 from ._service import Ack, Session, Signalling

@@ -1,4 +1,5 @@
-"""Socket.IO v5, sans-IO: the packet codec and binary reassembly. No I/O, no trio."""
+"""Socket.IO v5, sans-IO: the packet codec, binary reassembly, and one session's state (namespaces,
+acks, the connect deadline). No I/O, no trio."""
 
 from .packet import (
     MAX_ACK_ID_DIGITS,
@@ -13,6 +14,7 @@ from .packet import (
     encode_packet,
     has_binary,
 )
+from .session import SocketIOSession
 
 __all__ = [
     "MAX_ACK_ID_DIGITS",
@@ -23,6 +25,7 @@ __all__ = [
     "Packet",
     "PacketType",
     "SocketIOProtocolError",
+    "SocketIOSession",
     "encode_binary_packet",
     "encode_packet",
     "has_binary",

@@ -22,7 +22,6 @@ from ..config import Config
 from ..engineio import CloseReason
 from ..metrics import Registry as MetricsRegistry
 from ..socketio import (
-    Decoder,
     Packet,
     PacketType,
     SocketIOProtocolError,
@@ -30,7 +29,8 @@ from ..socketio import (
     encode_packet,
     has_binary,
 )
-from .engine import EngineSocket
+from ..socketio.session import SocketIOSession
+from .session import EngineSocket
 
 __all__ = ["SocketIO", "Namespace", "Socket", "ConnectionRefused", "DisconnectReason"]
 
@@ -60,9 +60,10 @@ class DisconnectReason:
 
 
 class Socket:
-    """One client connected to one namespace."""
+    """One client connected to one namespace. ``id`` is its Socket.IO socket id (not the Engine.IO
+    session id, which the client never needs)."""
 
-    __slots__ = ("ack_requested", "auth", "client", "id", "namespace", "rooms", "state", "_connected", "_early")
+    __slots__ = ("ack_requested", "auth", "client", "id", "namespace", "rooms", "state", "_early")
 
     def __init__(self, namespace: Namespace, client: _Client, auth: Any) -> None:
         self.id = secrets.token_urlsafe(15)
@@ -74,13 +75,12 @@ class Socket:
         # True while an event handler runs for an event the client sent with an ack callback:
         # the handler's return value is then the ack.
         self.ack_requested = False
-        self._connected = False
         # What the connect handler emits, sent right after the CONNECT answer (dropped if it refuses).
         self._early: list[list[str | bytes]] | None = []
 
     @property
     def connected(self) -> bool:
-        return self._connected
+        return self.client.sockets.get(self.namespace.name) is self
 
     @property
     def transport(self) -> str:
@@ -94,24 +94,24 @@ class Socket:
         """Send an event to this client. False if it is gone (nothing was sent).
 
         From the connect handler, events wait for the CONNECT answer and follow it."""
-        if not self._connected:
-            if self._early is None:
-                return False
-            self._early.append(_event_messages(self.namespace.name, event, args, None))
-            return True
-        return self.client.send_packet(_event_messages(self.namespace.name, event, args, None))
+        messages = _event_messages(self.namespace.name, event, args, None)
+        if self.client.sockets.get(self.namespace.name) is self:
+            return self.client.send_packet(messages)
+        if self._early is None:
+            return False
+        self._early.append(messages)
+        return True
 
     def send_raw(self, encoded: list[str | bytes]) -> bool:
         """Send an already encoded packet (fan-out encodes once for all its targets)."""
-        return self._connected and self.client.send_packet(encoded)
+        return self.client.sockets.get(self.namespace.name) is self and self.client.send_packet(encoded)
 
     async def call(self, event: str, *args: Any, timeout: float | None = None) -> tuple[Any, ...]:  # noqa: ASYNC109
         """Emit with an ack and wait for the client's answer (``trio.TooSlowError`` on timeout)."""
-        if not self._connected:
+        if not self.connected:
             raise ConnectionError("socket is not connected")
         client = self.client
-        ack_id = client.next_ack_id
-        client.next_ack_id += 1
+        ack_id = client.core.new_ack_id()
         send, receive = trio.open_memory_channel[tuple[Any, ...]](1)
         client.acks[ack_id] = send
         try:
@@ -123,6 +123,7 @@ class Socket:
             raise ConnectionError("socket disconnected before it answered") from None
         finally:
             client.acks.pop(ack_id, None)
+            client.core.ack_abandoned(ack_id)
 
     def join(self, room: str) -> None:
         if room not in self.rooms:
@@ -140,9 +141,9 @@ class Socket:
 
     async def disconnect(self) -> None:
         """Disconnect this socket from its namespace (the Engine.IO session stays open)."""
-        if self._connected:
+        if self.connected:
             self.client.send_packet([encode_packet(PacketType.DISCONNECT, self.namespace.name)])
-            await self.client.remove_socket(self, DisconnectReason.SERVER_DISCONNECT)
+            await self.client.remove_socket(self.namespace.name, DisconnectReason.SERVER_DISCONNECT)
 
 
 def _event_messages(namespace: str, event: str, args: Iterable[Any], ack_id: int | None) -> list[str | bytes]:
@@ -215,19 +216,18 @@ async def _call(fn: Handler, *args: Any) -> Any:
 
 
 class _Client:
-    """The Socket.IO side of one Engine.IO session: its sockets by namespace, the binary packet
-    being reassembled, and acks it waits for."""
+    """The Socket.IO side of one Engine.IO session: its sans-IO core (namespaces, acks, the binary
+    packet being reassembled, the connect deadline), its connected sockets by namespace, and the
+    tasks waiting for acks."""
 
-    __slots__ = ("server", "esock", "decoder", "sockets", "acks", "next_ack_id", "connect_by")
+    __slots__ = ("server", "esock", "core", "sockets", "acks")
 
     def __init__(self, server: SocketIO, esock: EngineSocket) -> None:
         self.server = server
         self.esock = esock
-        self.decoder = Decoder()
-        self.sockets: dict[str, Socket] = {}
+        self.core = SocketIOSession(now=trio.current_time(), connect_timeout=server.config.connect_timeout)
+        self.sockets: dict[str, Socket] = {}  # the connected ones
         self.acks: dict[int, trio.MemorySendChannel[tuple[Any, ...]]] = {}
-        self.next_ack_id = 0
-        self.connect_by = trio.current_time() + server.config.connect_timeout
 
     def send_packet(self, messages: list[str | bytes]) -> bool:
         esock = self.esock
@@ -236,45 +236,14 @@ class _Client:
             ok = esock.send(m) and ok
         return ok
 
-    async def receive(self, message: str | bytes) -> None:
-        try:
-            packet = (
-                self.decoder.receive_text(message)
-                if isinstance(message, str)
-                else self.decoder.receive_binary(message)
-            )
-        except SocketIOProtocolError as exc:
-            log.info("session %s: %s", self.esock.sid, exc)
-            self.esock.close(CloseReason.PARSE_ERROR)
+    async def remove_socket(self, namespace: str, reason: str) -> None:
+        """The namespace ends (the client's DISCONNECT, the server's, or the session's end): its
+        socket leaves its rooms and the disconnect handler runs. A namespace still being decided
+        is forgotten (its connect handler's verdict will change nothing)."""
+        if not self.core.disconnect(namespace):
             return
-        if packet is not None:
-            await self.dispatch(packet)
-
-    async def dispatch(self, packet: Packet) -> None:
-        ptype = packet.type
-        sock = self.sockets.get(packet.namespace)
-        if ptype is PacketType.EVENT or ptype is PacketType.BINARY_EVENT:
-            if sock is None:
-                return  # an event for a namespace this client has not joined: dropped, as socket.io does
-            await self.server._handle_event(sock, packet)
-        elif ptype is PacketType.ACK or ptype is PacketType.BINARY_ACK:
-            assert packet.id is not None
-            waiter = self.acks.pop(packet.id, None)
-            if waiter is not None:
-                args = packet.data if ptype is PacketType.BINARY_ACK else [_json.decode(a) for a in packet.data]
-                waiter.send_nowait(tuple(args))
-        elif ptype is PacketType.CONNECT:
-            await self.server._connect(self, packet)
-        elif ptype is PacketType.DISCONNECT:
-            if sock is not None:
-                await self.remove_socket(sock, DisconnectReason.CLIENT_DISCONNECT)
-
-    async def remove_socket(self, sock: Socket, reason: str) -> None:
-        if not sock._connected:
-            return
-        sock._connected = False
+        sock = self.sockets.pop(namespace)
         ns = sock.namespace
-        self.sockets.pop(ns.name, None)
         ns.sockets.pop(sock.id, None)
         for room in list(sock.rooms):
             sock.leave(room)
@@ -348,7 +317,7 @@ class SocketIO:
         for ns in self.namespaces.values():
             for sock in list(ns.sockets.values()):
                 sock.client.send_packet([encode_packet(PacketType.DISCONNECT, ns.name)])
-                await sock.client.remove_socket(sock, CloseReason.SERVER_SHUTDOWN.value)
+                await sock.client.remove_socket(ns.name, CloseReason.SERVER_SHUTDOWN.value)
 
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``fn(*args)`` as a task of the server (for work that must not block a client's
@@ -374,9 +343,10 @@ class SocketIO:
                 while not pending:
                     await self._pending_lot.park()
                 client = pending[0]
-                await trio.sleep_until(client.connect_by)
+                if client.core.connect_by is not None:
+                    await trio.sleep_until(client.core.connect_by)
                 pending.popleft()
-                if not client.sockets and client.esock.is_open:
+                if client.core.connect_overdue(trio.current_time()) and client.esock.is_open:
                     log.info("session %s: no namespace connected in time", client.esock.sid)
                     client.esock.close(CloseReason.TRANSPORT_CLOSE)
 
@@ -387,15 +357,38 @@ class SocketIO:
         self._pending_lot.unpark_all()
 
     async def on_message(self, esock: EngineSocket, data: str | bytes) -> None:
-        await esock.state.receive(data)
+        client: _Client = esock.state
+        try:
+            packet = client.core.receive(data)
+        except SocketIOProtocolError as exc:
+            log.info("session %s: %s", esock.sid, exc)
+            esock.close(CloseReason.PARSE_ERROR)
+            return
+        if packet is None:
+            return
+        ptype = packet.type
+        if ptype is PacketType.EVENT or ptype is PacketType.BINARY_EVENT:
+            sock = client.sockets.get(packet.namespace)
+            if sock is not None:  # else not connected there: dropped, as socket.io does
+                await self._handle_event(sock, packet)
+        elif ptype is PacketType.ACK or ptype is PacketType.BINARY_ACK:
+            if client.core.ack_received(packet):
+                assert packet.id is not None
+                waiter = client.acks.pop(packet.id)
+                args = packet.data if ptype is PacketType.BINARY_ACK else [_json.decode(a) for a in packet.data]
+                waiter.send_nowait(tuple(args))
+        elif ptype is PacketType.CONNECT:
+            await self._connect(client, packet)
+        elif ptype is PacketType.DISCONNECT:
+            await client.remove_socket(packet.namespace, DisconnectReason.CLIENT_DISCONNECT)
 
     async def on_close(self, esock: EngineSocket, reason: CloseReason) -> None:
         client: _Client = esock.state
         for waiter in client.acks.values():
             waiter.close()
         client.acks.clear()
-        for sock in list(client.sockets.values()):
-            await client.remove_socket(sock, reason.value)
+        for namespace in list(client.core.namespaces):
+            await client.remove_socket(namespace, reason.value)
 
     # -- Socket.IO ------------------------------------------------------------------------------
 
@@ -405,22 +398,26 @@ class SocketIO:
         if ns is None:
             client.send_packet([encode_packet(PacketType.CONNECT_ERROR, name, {"message": "Invalid namespace"})])
             return
-        if name in client.sockets:
-            return  # already connected: socket.io ignores a repeated CONNECT
+        if not client.core.connect(name):
+            return  # already connected, or being decided: socket.io ignores a repeated CONNECT
         sock = Socket(ns, client, packet.data)
         if ns._connect is not None:
             try:
                 await _call(ns._connect, sock, packet.data)
             except ConnectionRefused as refusal:
                 sock._early = None
-                body: dict[str, Any] = {"message": refusal.message}
-                if refusal.data is not None:
-                    body["data"] = refusal.data
-                client.send_packet([encode_packet(PacketType.CONNECT_ERROR, name, body)])
+                if client.core.refused(name):
+                    body: dict[str, Any] = {"message": refusal.message}
+                    if refusal.data is not None:
+                        body["data"] = refusal.data
+                    client.send_packet([encode_packet(PacketType.CONNECT_ERROR, name, body)])
                 return
-        if not client.esock.is_open:
+            except BaseException:
+                client.core.refused(name)
+                raise
+        if not client.core.accepted(name) or not client.esock.is_open:
+            sock._early = None
             return
-        sock._connected = True
         client.sockets[name] = sock
         ns.sockets[sock.id] = sock
         client.send_packet([encode_packet(PacketType.CONNECT, name, {"sid": sock.id})])
@@ -445,7 +442,7 @@ class SocketIO:
                 return
         finally:
             sock.ack_requested = False
-        if packet.id is not None and sock._connected:
+        if packet.id is not None and sock.connected:
             if result is None:
                 ack_args: list[Any] = []
             elif isinstance(result, tuple):
