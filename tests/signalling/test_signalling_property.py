@@ -32,14 +32,14 @@ steps = st.lists(
 def check(h: Harness, holders: dict[str, Any]) -> None:
     users, calls = h.registry.users, h.registry.calls
     # who holds each user id is what the sessions think
-    assert {u: s.sid for u, s in holders.items()} == {u: rec.sid for u, rec in users.items()}
+    assert {u: s.socket_id for u, s in holders.items()} == {u: rec.socket_id for u, rec in users.items()}
     in_calls: dict[str, list[str]] = {}
     for call in calls.values():
         assert call.state in (CallState.RINGING, CallState.CONNECTING, CallState.CONNECTED), call
         assert call.caller != call.callee
-        for party, sid in ((call.caller, call.caller_sid), (call.callee, call.callee_sid)):
+        for party, socket_id in ((call.caller, call.caller_socket), (call.callee, call.callee_socket)):
             in_calls.setdefault(party, []).append(call.id)
-            assert users[party].sid == sid
+            assert users[party].socket_id == socket_id
     for user in users.values():
         if user.state is UserState.IN_CALL:
             assert in_calls.get(user.id) == [user.call_id]  # exactly one live call, and it is theirs
@@ -87,7 +87,7 @@ async def scenario(plan: list[tuple[str, int, int, bool]]) -> None:
                 to = call.callee if call and j % 2 and a == call.caller else call.caller if call and j % 2 else b
                 await h.emit(me, event, {"to": to, **body})
             elif kind == "wait":
-                await trio.sleep(RING * (1.5 if flag else 0.3))
+                await trio.sleep(RING * (1.5 if flag else 0.3))  # virtual: past the ring timeout, or not
             elif kind == "stray":
                 await h.emit(h.connect(), "call:end", {"callId": "x"})
             check(h, holders)

@@ -20,7 +20,7 @@ RING = 30.0
 
 
 class Harness:
-    """A fake transport: sessions by sid, each with the events it was sent, as JSON text."""
+    """A fake transport: sessions by socket_id, each with the events it was sent, as JSON text."""
 
     def __init__(self, nursery: trio.Nursery, config: callbox.Config | None = None) -> None:
         self.nursery = nursery
@@ -33,16 +33,16 @@ class Harness:
         self._n = 0
 
     # Transport
-    def send(self, sid: str, event: str, payload: msgspec.Struct) -> bool:
-        if sid not in self.sessions:
+    def send(self, socket_id: str, event: str, payload: msgspec.Struct) -> bool:
+        if socket_id not in self.sessions:
             return False
-        self.inbox[sid].append((event, msgspec.json.encode(payload)))
+        self.inbox[socket_id].append((event, msgspec.json.encode(payload)))
         return True
 
-    async def disconnect(self, sid: str) -> None:
-        session = self.sessions.pop(sid, None)
+    async def disconnect(self, socket_id: str) -> None:
+        session = self.sessions.pop(socket_id, None)
         if session is not None:
-            self.disconnected.append(sid)
+            self.disconnected.append(socket_id)
             await self.service.closed(session)
 
     def start_soon(self, fn: Any, *args: Any) -> None:
@@ -52,8 +52,8 @@ class Harness:
     def connect(self) -> Session:
         self._n += 1
         session = Session(f"s{self._n}")
-        self.sessions[session.sid] = session
-        self.inbox[session.sid] = []
+        self.sessions[session.socket_id] = session
+        self.inbox[session.socket_id] = []
         return session
 
     async def emit(self, session: Session, event: str, payload: Any = None, *, ack: bool = False) -> dict[str, Any]:
@@ -75,11 +75,11 @@ class Harness:
         return session
 
     async def leave(self, session: Session) -> None:
-        del self.sessions[session.sid]
+        del self.sessions[session.socket_id]
         await self.service.closed(session)
 
     def take_raw(self, session: Session) -> list[tuple[str, bytes]]:
-        events, self.inbox[session.sid] = self.inbox[session.sid], []
+        events, self.inbox[session.socket_id] = self.inbox[session.socket_id], []
         return events
 
     def take(self, session: Session) -> list[tuple[str, Any]]:
@@ -210,7 +210,7 @@ async def test_ring_timeout(h: Harness, autojump_clock: trio.testing.MockClock) 
     alice, bob = await h.join("alice"), await h.join("bob")
     start = trio.current_time()
     call_id = await h.ringing_call(alice, bob)
-    await trio.sleep(RING - 0.1)
+    await trio.sleep(RING - 0.1)  # virtual (autojump), as every sleep in this module
     assert h.take(alice) == [] and h.take(bob) == []
     await trio.sleep(0.2)
     timeout = ("call:timeout", {"callId": call_id})
@@ -315,13 +315,13 @@ async def test_join_validation(h: Harness, payload: Any, message: str) -> None:
 async def test_join_accepts_user_ids(h: Harness, user_id: str) -> None:
     s = h.connect()
     assert (await h.emit(s, "user:join", {"userId": user_id}))["ok"]
-    assert h.registry.users[user_id].sid == s.sid
+    assert h.registry.users[user_id].socket_id == s.socket_id
 
 
 async def test_join_twice(h: Harness) -> None:
     s = await h.join("alice")
     assert (await h.emit(s, "user:join", {"userId": "alice"}))["ok"]  # the same id again: fine
-    assert h.take(s) == [("user:joined", {"userId": "alice", "socketId": s.sid})]
+    assert h.take(s) == [("user:joined", {"userId": "alice", "socketId": s.socket_id})]
     ack = await h.emit(s, "user:join", {"userId": "bob"})
     assert ack["code"] == "ALREADY_JOINED" and list(h.registry.users) == ["alice"]
 
@@ -494,10 +494,10 @@ async def test_take_over(h: Harness) -> None:
         ("error", {"message": "This user joined from another connection", "code": "SESSION_REPLACED"}),
         ended,
     ]
-    assert h.disconnected == [alice.sid]
+    assert h.disconnected == [alice.socket_id]
     assert h.take(bob) == [ended]
-    assert h.take(alice2) == [("user:joined", {"userId": "alice", "socketId": alice2.sid})]
-    assert h.registry.users["alice"].sid == alice2.sid
+    assert h.take(alice2) == [("user:joined", {"userId": "alice", "socketId": alice2.socket_id})]
+    assert h.registry.users["alice"].socket_id == alice2.socket_id
     # the new session can call at once
     assert (await h.emit(alice2, "call:initiate", {"to": "bob", "callType": "audio"}))["ok"]
 

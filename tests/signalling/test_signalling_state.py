@@ -141,7 +141,7 @@ async def test_registry_refusals() -> None:
     reg = MemoryRegistry()
     await reg.join("alice", "sa")
     await _refused(ErrorCode.NOT_JOINED, reg.initiate("carol", "sc", "alice", "audio", "x"))
-    await _refused(ErrorCode.NOT_JOINED, reg.initiate("alice", "other-sid", "bob", "audio", "x"))
+    await _refused(ErrorCode.NOT_JOINED, reg.initiate("alice", "other-socket_id", "bob", "audio", "x"))
     await _refused(ErrorCode.INVALID_TARGET, reg.initiate("alice", "sa", "alice", "audio", "x"))
     await _refused(ErrorCode.USER_OFFLINE, reg.initiate("alice", "sa", "bob", "audio", "x"))
     await reg.join("bob", "sb")
@@ -208,11 +208,11 @@ async def test_registry_endings() -> None:
 async def test_registry_take_over() -> None:
     reg = MemoryRegistry()
     await _two_online(reg)
-    assert (await reg.join("alice", "sa")).replaced_sid is None  # the same session again: nothing
+    assert (await reg.join("alice", "sa")).replaced_socket is None  # the same session again: nothing
     await reg.initiate("alice", "sa", "bob", "audio", "c1")
     await reg.ring("c1")
     joined = await reg.join("alice", "sa2")
-    assert joined.replaced_sid == "sa"
+    assert joined.replaced_socket == "sa"
     assert joined.ended is not None and (joined.ended.outcome, joined.ended.by) == (Outcome.REPLACED, "alice")
     assert joined.user == reg.users["alice"]
     assert msgspec.structs.astuple(reg.users["alice"]) == ("alice", "sa2", U.ONLINE, None)

@@ -32,15 +32,15 @@ class _SocketIOTransport:
         self.namespace = namespace
         self.sent = sent
 
-    def send(self, sid: str, event: str, payload: msgspec.Struct) -> bool:
-        socket = self.namespace.sockets.get(sid)
+    def send(self, socket_id: str, event: str, payload: msgspec.Struct) -> bool:
+        socket = self.namespace.sockets.get(socket_id)
         if socket is not None and socket.emit(event, payload):
             self.sent.inc(event)
             return True
         return False
 
-    async def disconnect(self, sid: str) -> None:
-        socket = self.namespace.sockets.get(sid)
+    async def disconnect(self, socket_id: str) -> None:
+        socket = self.namespace.sockets.get(socket_id)
         if socket is not None:
             await socket.disconnect()
 

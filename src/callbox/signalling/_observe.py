@@ -95,11 +95,11 @@ class Observer:
     def online(self, users: int) -> None:
         self.users_online = users
 
-    def joined(self, user_id: str, sid: str, replaced: bool) -> None:
-        log.info("user joined", extra={"fields": {"user": user_id, "socket": sid, "replaced": replaced}})
+    def joined(self, user_id: str, socket_id: str, replaced: bool) -> None:
+        log.info("user joined", extra={"fields": {"user": user_id, "socket": socket_id, "replaced": replaced}})
 
-    def left(self, user_id: str, sid: str) -> None:
-        log.info("user left", extra={"fields": {"user": user_id, "socket": sid}})
+    def left(self, user_id: str, socket_id: str) -> None:
+        log.info("user left", extra={"fields": {"user": user_id, "socket": socket_id}})
 
     def call_started(self, call: Call) -> None:
         self._started[call.id] = trio.current_time()

@@ -8,7 +8,7 @@ each method one atomic step (a Lua script, or WATCH/MULTI around the same checks
 and call id, and keep the decisions in :mod:`._state` where this one takes them from.
 
 The registry knows nothing of sockets, timers or the wire: a user is an id and the session id
-(``sid``) that holds it; a call records both parties' session ids so that it reaches the sessions it
+(``socket_id``) that holds it; a call records both parties' session ids so that it reaches the sessions it
 was made between, even when one of them has just been replaced.
 """
 
@@ -39,7 +39,7 @@ __all__ = ["User", "Call", "Joined", "Ended", "Registry", "MemoryRegistry"]
 
 class User(msgspec.Struct, frozen=True, gc=False):
     id: str
-    sid: str
+    socket_id: str
     state: UserState
     call_id: str | None = None
 
@@ -47,16 +47,16 @@ class User(msgspec.Struct, frozen=True, gc=False):
 class Call(msgspec.Struct, frozen=True, gc=False):
     id: str
     caller: str
-    caller_sid: str
+    caller_socket: str
     callee: str
-    callee_sid: str
+    callee_socket: str
     call_type: CallType
     state: CallState
 
-    def role_of(self, user_id: str, sid: str) -> Role | None:
-        if user_id == self.caller and sid == self.caller_sid:
+    def role_of(self, user_id: str, socket_id: str) -> Role | None:
+        if user_id == self.caller and socket_id == self.caller_socket:
             return Role.CALLER
-        if user_id == self.callee and sid == self.callee_sid:
+        if user_id == self.callee and socket_id == self.callee_socket:
             return Role.CALLEE
         return None
 
@@ -64,14 +64,14 @@ class Call(msgspec.Struct, frozen=True, gc=False):
         """The other party's user id."""
         return self.callee if role is Role.CALLER else self.caller
 
-    def sid_of(self, user_id: str) -> str:
+    def socket_of(self, user_id: str) -> str:
         """The session a party takes part from."""
-        return self.caller_sid if user_id == self.caller else self.callee_sid
+        return self.caller_socket if user_id == self.caller else self.callee_socket
 
 
 class Joined(msgspec.Struct, frozen=True, gc=False):
     user: User
-    replaced_sid: str | None = None  # the session that held the user id before, if another
+    replaced_socket: str | None = None  # the session that held the user id before, if another
     ended: Ended | None = None  # that session's call, ended with reason "replaced"
 
 
@@ -84,15 +84,15 @@ class Ended(msgspec.Struct, frozen=True, gc=False):
 class Registry(Protocol):
     """Users and calls. Each method is atomic; see the module docstring."""
 
-    async def join(self, user_id: str, sid: str) -> Joined:
-        """``sid`` holds ``user_id`` from now on, taking it over (and ending its call) if another held it."""
+    async def join(self, user_id: str, socket_id: str) -> Joined:
+        """``socket_id`` holds ``user_id`` from now on, taking it over (and ending its call) if another held it."""
         ...
 
-    async def leave(self, user_id: str, sid: str) -> Ended | None:
-        """``sid`` is gone: if it still holds ``user_id``, end its call (disconnected) and forget the user."""
+    async def leave(self, user_id: str, socket_id: str) -> Ended | None:
+        """``socket_id`` is gone: if it still holds ``user_id``, end its call (disconnected) and forget the user."""
         ...
 
-    async def initiate(self, caller: str, sid: str, callee: str, call_type: CallType, call_id: str) -> Call:
+    async def initiate(self, caller: str, socket_id: str, callee: str, call_type: CallType, call_id: str) -> Call:
         """A new call, INITIATING, with both parties IN_CALL."""
         ...
 
@@ -100,15 +100,15 @@ class Registry(Protocol):
         """The callee has been told: RINGING. None if the call has gone meanwhile."""
         ...
 
-    async def accept(self, call_id: str, user_id: str, sid: str, caller: str | None) -> Call:
+    async def accept(self, call_id: str, user_id: str, socket_id: str, caller: str | None) -> Call:
         """The callee accepts its ringing call: CONNECTING."""
         ...
 
-    async def reject(self, call_id: str, user_id: str, sid: str, caller: str | None) -> Ended:
+    async def reject(self, call_id: str, user_id: str, socket_id: str, caller: str | None) -> Ended:
         """The callee declines its ringing call: gone."""
         ...
 
-    async def hang_up(self, call_id: str, user_id: str, sid: str) -> Ended:
+    async def hang_up(self, call_id: str, user_id: str, socket_id: str) -> Ended:
         """A party ends its call: gone (cancelled, or hung up)."""
         ...
 
@@ -116,7 +116,7 @@ class Registry(Protocol):
         """The ring deadline passed: gone, if it is still ringing."""
         ...
 
-    async def relay(self, user_id: str, sid: str, target: str, event: CallEvent) -> Call:
+    async def relay(self, user_id: str, socket_id: str, target: str, event: CallEvent) -> Call:
         """May ``user_id`` send ``target`` this relay (OFFER, ANSWER, CANDIDATE)? The call, moved on."""
         ...
 
@@ -153,9 +153,9 @@ class MemoryRegistry:
         else:
             self.users[user.id] = msgspec.structs.replace(user, state=state, call_id=call_id)
 
-    def _holder(self, user_id: str, sid: str) -> User:
+    def _holder(self, user_id: str, socket_id: str) -> User:
         user = self.users.get(user_id)
-        if user is None or user.sid != sid:
+        if user is None or user.socket_id != socket_id:
             raise SignallingError(ErrorCode.NOT_JOINED)
         return user
 
@@ -188,29 +188,29 @@ class MemoryRegistry:
 
     # -- Registry -------------------------------------------------------------------------------
 
-    async def join(self, user_id: str, sid: str) -> Joined:
+    async def join(self, user_id: str, socket_id: str) -> Joined:
         current = self.users.get(user_id)
-        if current is not None and current.sid == sid:
+        if current is not None and current.socket_id == socket_id:
             return Joined(current)
-        replaced_sid = ended = None
+        replaced_socket = ended = None
         if current is not None:
-            replaced_sid = current.sid
+            replaced_socket = current.socket_id
             ended = self._drop(current, Outcome.REPLACED)
             self._user_moves(self.users[user_id], UserEvent.LEAVE, None)
         state = transition(USER_TRANSITIONS, UserState.OFFLINE, UserEvent.JOIN)
-        user = self.users[user_id] = User(user_id, sid, state)
-        return Joined(user, replaced_sid, ended)
+        user = self.users[user_id] = User(user_id, socket_id, state)
+        return Joined(user, replaced_socket, ended)
 
-    async def leave(self, user_id: str, sid: str) -> Ended | None:
+    async def leave(self, user_id: str, socket_id: str) -> Ended | None:
         user = self.users.get(user_id)
-        if user is None or user.sid != sid:
+        if user is None or user.socket_id != socket_id:
             return None  # taken over by another session already
         ended = self._drop(user, Outcome.DISCONNECTED)
         self._user_moves(self.users[user_id], UserEvent.LEAVE, None)
         return ended
 
-    async def initiate(self, caller: str, sid: str, callee: str, call_type: CallType, call_id: str) -> Call:
-        from_user = self._holder(caller, sid)
+    async def initiate(self, caller: str, socket_id: str, callee: str, call_type: CallType, call_id: str) -> Call:
+        from_user = self._holder(caller, socket_id)
         if callee == caller:
             raise SignallingError(ErrorCode.INVALID_TARGET)
         if from_user.state is not UserState.ONLINE:
@@ -220,7 +220,7 @@ class MemoryRegistry:
             raise SignallingError(ErrorCode.USER_OFFLINE)
         if to_user.state is not UserState.ONLINE:
             raise SignallingError(ErrorCode.USER_BUSY)
-        call = Call(call_id, caller, sid, callee, to_user.sid, call_type, CallState.INITIATING)
+        call = Call(call_id, caller, socket_id, callee, to_user.socket_id, call_type, CallState.INITIATING)
         self.calls[call_id] = call
         self._user_moves(from_user, UserEvent.CALL_START, call_id)
         self._user_moves(to_user, UserEvent.CALL_START, call_id)
@@ -232,29 +232,29 @@ class MemoryRegistry:
             return None
         return self._call_moves(call, CallEvent.RING)
 
-    def _answerable(self, call_id: str, user_id: str, sid: str, caller: str | None, event: CallEvent) -> Call:
-        self._holder(user_id, sid)
+    def _answerable(self, call_id: str, user_id: str, socket_id: str, caller: str | None, event: CallEvent) -> Call:
+        self._holder(user_id, socket_id)
         call = self.calls.get(call_id)
         if (
             call is None
             or (caller is not None and caller != call.caller)
-            or not call_allows(call.state, event, call.role_of(user_id, sid))
+            or not call_allows(call.state, event, call.role_of(user_id, socket_id))
         ):
             raise _not_found()
         return call
 
-    async def accept(self, call_id: str, user_id: str, sid: str, caller: str | None) -> Call:
-        call = self._answerable(call_id, user_id, sid, caller, CallEvent.ACCEPT)
+    async def accept(self, call_id: str, user_id: str, socket_id: str, caller: str | None) -> Call:
+        call = self._answerable(call_id, user_id, socket_id, caller, CallEvent.ACCEPT)
         return self._call_moves(call, CallEvent.ACCEPT)
 
-    async def reject(self, call_id: str, user_id: str, sid: str, caller: str | None) -> Ended:
-        call = self._answerable(call_id, user_id, sid, caller, CallEvent.REJECT)
+    async def reject(self, call_id: str, user_id: str, socket_id: str, caller: str | None) -> Ended:
+        call = self._answerable(call_id, user_id, socket_id, caller, CallEvent.REJECT)
         return self._end(call, CallEvent.REJECT, Outcome.REJECTED, user_id)
 
-    async def hang_up(self, call_id: str, user_id: str, sid: str) -> Ended:
-        self._holder(user_id, sid)
+    async def hang_up(self, call_id: str, user_id: str, socket_id: str) -> Ended:
+        self._holder(user_id, socket_id)
         call = self.calls.get(call_id)
-        role = None if call is None else call.role_of(user_id, sid)
+        role = None if call is None else call.role_of(user_id, socket_id)
         if call is None or role is None:
             raise _not_found("Call not found")
         event = end_event(call.state, role)
@@ -269,12 +269,12 @@ class MemoryRegistry:
             return None
         return self._end(call, CallEvent.TIMEOUT, Outcome.TIMEOUT, None)
 
-    async def relay(self, user_id: str, sid: str, target: str, event: CallEvent) -> Call:
-        user = self._holder(user_id, sid)
+    async def relay(self, user_id: str, socket_id: str, target: str, event: CallEvent) -> Call:
+        user = self._holder(user_id, socket_id)
         if target not in self.users:
             raise SignallingError(ErrorCode.NOT_IN_CALL, "User not found")
         call = None if user.call_id is None else self.calls[user.call_id]
-        role = None if call is None else call.role_of(user_id, sid)
+        role = None if call is None else call.role_of(user_id, socket_id)
         if call is None or role is None or call.peer_of(role) != target or not call_allows(call.state, event, role):
             raise SignallingError(ErrorCode.NOT_IN_CALL)
         return self._call_moves(call, event)

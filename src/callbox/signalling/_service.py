@@ -78,12 +78,12 @@ _END_REASONS: Final[dict[Outcome, EndReason]] = {
 class Transport(Protocol):
     """Delivers events to sessions, by session id."""
 
-    def send(self, sid: str, event: str, payload: msgspec.Struct) -> bool:
-        """Emit ``event`` to session ``sid``; False if it is not connected (nothing sent)."""
+    def send(self, socket_id: str, event: str, payload: msgspec.Struct) -> bool:
+        """Emit ``event`` to session ``socket_id``; False if it is not connected (nothing sent)."""
         ...
 
-    async def disconnect(self, sid: str) -> None:
-        """Disconnect session ``sid`` (its :meth:`Signalling.closed` runs meanwhile)."""
+    async def disconnect(self, socket_id: str) -> None:
+        """Disconnect session ``socket_id`` (its :meth:`Signalling.closed` runs meanwhile)."""
         ...
 
     def start_soon(self, fn: Callable[..., Awaitable[object]], *args: Any) -> None:
@@ -94,10 +94,10 @@ class Transport(Protocol):
 class Session:
     """One connection's signalling state: its id, and the user id it holds once joined."""
 
-    __slots__ = ("sid", "token_user", "user_id")
+    __slots__ = ("socket_id", "token_user", "user_id")
 
-    def __init__(self, sid: str, token_user: str | None = None) -> None:
-        self.sid = sid
+    def __init__(self, socket_id: str, token_user: str | None = None) -> None:
+        self.socket_id = socket_id
         self.user_id: str | None = None
         # With token auth: the user id the connection's token proved; it may join as no other.
         self.token_user = token_user
@@ -194,17 +194,17 @@ class Signalling:
         except SignallingError as exc:
             self.observe.refused(event, exc.code, session.user_id)
             if not ack:
-                self.transport.send(session.sid, "error", ErrorEvent(exc.message, exc.code))
+                self.transport.send(session.socket_id, "error", ErrorEvent(exc.message, exc.code))
             return AckError(False, exc.code, exc.message)
 
     async def closed(self, session: Session) -> None:
         """The session's connection went: its user goes offline, its call ends for the peer."""
         if session.user_id is None:
             return
-        ended = await self.registry.leave(session.user_id, session.sid)
+        ended = await self.registry.leave(session.user_id, session.socket_id)
         if ended is not None:
             self._ended(ended)
-        self.observe.left(session.user_id, session.sid)
+        self.observe.left(session.user_id, session.socket_id)
         self.observe.online((await self.registry.counts())[0])
 
     async def shutdown(self) -> None:
@@ -214,23 +214,23 @@ class Signalling:
 
     # -- telling the parties ----------------------------------------------------------------------
 
-    def _both(self, call_sids: tuple[str, str], event: str, payload: msgspec.Struct) -> None:
-        for sid in call_sids:
-            self.transport.send(sid, event, payload)
+    def _both(self, call_sockets: tuple[str, str], event: str, payload: msgspec.Struct) -> None:
+        for socket_id in call_sockets:
+            self.transport.send(socket_id, event, payload)
 
     def _ended(self, ended: Ended) -> None:
         """A call is gone: its timer stops and both parties are told how it ended."""
         call = ended.call
         self._stop_timer(call.id)
         self.observe.call_ended(ended)
-        sids = (call.caller_sid, call.callee_sid)
+        socket_ids = (call.caller_socket, call.callee_socket)
         if ended.outcome is Outcome.REJECTED:
             assert ended.by is not None
-            self._both(sids, "call:rejected", CallRejected(call.id, ended.by))
+            self._both(socket_ids, "call:rejected", CallRejected(call.id, ended.by))
         elif ended.outcome is Outcome.TIMEOUT:
-            self._both(sids, "call:timeout", CallTimeout(call.id))
+            self._both(socket_ids, "call:timeout", CallTimeout(call.id))
         else:
-            self._both(sids, "call:ended", CallEnded(call.id, ended.by, _END_REASONS[ended.outcome]))
+            self._both(socket_ids, "call:ended", CallEnded(call.id, ended.by, _END_REASONS[ended.outcome]))
 
     # -- ring timers ------------------------------------------------------------------------------
 
@@ -268,19 +268,20 @@ class Signalling:
             raise SignallingError(ErrorCode.UNAUTHORIZED)
         if session.user_id is not None and session.user_id != user_id:
             raise SignallingError(ErrorCode.ALREADY_JOINED)
-        joined = await self.registry.join(user_id, session.sid)
+        joined = await self.registry.join(user_id, session.socket_id)
         session.user_id = user_id
-        old = joined.replaced_sid
+        old = joined.replaced_socket
         if old is not None:
             code = ErrorCode.SESSION_REPLACED
             self.transport.send(old, "error", ErrorEvent(SignallingError(code).message, code))
             if joined.ended is not None:
                 self._ended(joined.ended)
             await self.transport.disconnect(old)
-        self.observe.joined(user_id, session.sid, old is not None)
+        self.observe.joined(user_id, session.socket_id, old is not None)
         self.observe.online((await self.registry.counts())[0])
-        self.transport.send(session.sid, "user:joined", UserJoined(user_id, session.sid, self._ice_servers(user_id)))
-        return AckOk(True, userId=user_id, socketId=session.sid)
+        joined_event = UserJoined(user_id, session.socket_id, self._ice_servers(user_id))
+        self.transport.send(session.socket_id, "user:joined", joined_event)
+        return AckOk(True, userId=user_id, socketId=session.socket_id)
 
     def _ice_servers(self, user_id: str) -> list[IceServer] | msgspec.UnsetType:
         config = self.settings()
@@ -297,10 +298,10 @@ class Signalling:
         if not self.limiter.take(user_id, trio.current_time(), config.initiate_burst, config.initiate_per_minute / 60):
             raise SignallingError(ErrorCode.RATE_LIMITED)
         request = _payload(args, Initiate)
-        call = await self.registry.initiate(user_id, session.sid, request.to, request.callType, new_call_id())
+        call = await self.registry.initiate(user_id, session.socket_id, request.to, request.callType, new_call_id())
         self.observe.call_started(call)
-        self.transport.send(call.callee_sid, "call:incoming", CallIncoming(user_id, call.call_type, call.id))
-        self.transport.send(session.sid, "call:initiated", CallInitiated(call.id, call.callee))
+        self.transport.send(call.callee_socket, "call:incoming", CallIncoming(user_id, call.call_type, call.id))
+        self.transport.send(session.socket_id, "call:initiated", CallInitiated(call.id, call.callee))
         if await self.registry.ring(call.id) is not None:
             self._start_timer(call.id, config.ring_timeout)
         return AckOk(True, callId=call.id)
@@ -308,23 +309,23 @@ class Signalling:
     async def _accept(self, session: Session, args: Sequence[object]) -> AckOk:
         user_id = self._user(session)
         request = _payload(args, Accept)
-        call = await self.registry.accept(request.callId, user_id, session.sid, request.from_)
+        call = await self.registry.accept(request.callId, user_id, session.socket_id, request.from_)
         self._stop_timer(call.id)
         self.observe.call_accepted(call)
-        self._both((call.caller_sid, call.callee_sid), "call:accepted", CallAccepted(call.id, user_id))
+        self._both((call.caller_socket, call.callee_socket), "call:accepted", CallAccepted(call.id, user_id))
         return AckOk(True, callId=call.id)
 
     async def _reject(self, session: Session, args: Sequence[object]) -> AckOk:
         user_id = self._user(session)
         request = _payload(args, Reject)
-        ended = await self.registry.reject(request.callId, user_id, session.sid, request.from_)
+        ended = await self.registry.reject(request.callId, user_id, session.socket_id, request.from_)
         self._ended(ended)
         return AckOk(True, callId=ended.call.id)
 
     async def _end(self, session: Session, args: Sequence[object]) -> AckOk:
         user_id = self._user(session)
         request = _payload(args, End)
-        ended = await self.registry.hang_up(request.callId, user_id, session.sid)
+        ended = await self.registry.hang_up(request.callId, user_id, session.socket_id)
         self._ended(ended)
         return AckOk(True, callId=ended.call.id)
 
@@ -332,25 +333,25 @@ class Signalling:
         user_id = self._user(session)
         request = _payload(args, Offer)
         _bounded(request.offer, self.settings().max_sdp_bytes, "offer", nullable=False)
-        call = await self.registry.relay(user_id, session.sid, request.to, CallEvent.OFFER)
+        call = await self.registry.relay(user_id, session.socket_id, request.to, CallEvent.OFFER)
         call_type = call.call_type if request.callType is None else request.callType
         relay = OfferRelay(request.offer, user_id, call_type, call.id)
-        self.transport.send(call.sid_of(request.to), "call:offer", relay)
+        self.transport.send(call.socket_of(request.to), "call:offer", relay)
         return AckOk(True, callId=call.id)
 
     async def _answer(self, session: Session, args: Sequence[object]) -> AckOk:
         user_id = self._user(session)
         request = _payload(args, Answer)
         _bounded(request.answer, self.settings().max_sdp_bytes, "answer", nullable=False)
-        call = await self.registry.relay(user_id, session.sid, request.to, CallEvent.ANSWER)
-        self.transport.send(call.sid_of(request.to), "call:answer", AnswerRelay(request.answer, user_id, call.id))
+        call = await self.registry.relay(user_id, session.socket_id, request.to, CallEvent.ANSWER)
+        self.transport.send(call.socket_of(request.to), "call:answer", AnswerRelay(request.answer, user_id, call.id))
         return AckOk(True, callId=call.id)
 
     async def _candidate(self, session: Session, args: Sequence[object]) -> AckOk:
         user_id = self._user(session)
         request = _payload(args, Candidate)
         _bounded(request.candidate, self.settings().max_candidate_bytes, "candidate", nullable=True)
-        call = await self.registry.relay(user_id, session.sid, request.to, CallEvent.CANDIDATE)
+        call = await self.registry.relay(user_id, session.socket_id, request.to, CallEvent.CANDIDATE)
         relay = CandidateRelay(request.candidate, user_id, call.id)
-        self.transport.send(call.sid_of(request.to), "ice:candidate", relay)
+        self.transport.send(call.socket_of(request.to), "ice:candidate", relay)
         return AckOk(True, callId=call.id)
