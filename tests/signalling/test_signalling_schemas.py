@@ -60,3 +60,13 @@ def test_the_protocol_document_lists_exactly_the_transitions() -> None:
         assert f"### {flow}\n\n```mermaid\nsequenceDiagram" in doc
     for code in ErrorCode:
         assert f"`{code.value}`" in doc
+
+
+def test_call_ended_reasons_are_the_outcomes_told_with_call_ended() -> None:
+    """The server sends an outcome's name as call:ended's reason; the schema must list exactly those
+    (a rejected call gets call:rejected, a timed-out one call:timeout)."""
+    from callbox.signalling._state import Outcome
+
+    schema = json.loads((SCHEMAS / "server.call-ended.json").read_text())
+    reasons = schema["$defs"]["CallEnded"]["properties"]["reason"]["enum"]
+    assert set(reasons) == {o.value for o in Outcome} - {Outcome.REJECTED.value, Outcome.TIMEOUT.value}

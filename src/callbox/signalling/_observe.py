@@ -14,6 +14,7 @@ import trio
 
 from ..metrics import Counter, Gauge, Histogram, Registry
 from ._errors import ErrorCode
+from ._payloads import CLIENT_EVENTS, SERVER_EVENTS
 from ._registry import Call, Ended
 from ._state import CallState, Outcome
 
@@ -23,27 +24,11 @@ log = logging.getLogger("callbox.signalling")
 
 # How a call attempt ended, once each: refused at once (busy, offline), answered, or ended while
 # ringing (the rest). An answered call that later ends adds to the duration histogram instead.
-CALL_OUTCOMES: Final = (
-    "answered", "rejected", "timeout", "cancelled", "busy", "offline", "disconnected", "replaced", "server_shutdown",
-)
-_RINGING_OUTCOME: Final = {
-    Outcome.REJECTED: "rejected",
-    Outcome.TIMEOUT: "timeout",
-    Outcome.CANCELLED: "cancelled",
-    Outcome.HANGUP: "rejected",  # the callee hung up on a ringing call: declined
-    Outcome.DISCONNECTED: "disconnected",
-    Outcome.REPLACED: "replaced",
-    Outcome.SERVER_SHUTDOWN: "server_shutdown",
-}
+# A callee who hangs up on a ringing call has declined it; every other ringing end is counted by
+# its outcome's name.
+_RINGING_OUTCOME: Final = {o: "rejected" if o is Outcome.HANGUP else o.value for o in Outcome}
+CALL_OUTCOMES: Final = ("answered", "busy", "offline", *dict.fromkeys(_RINGING_OUTCOME.values()))
 _ANSWERED: Final = frozenset({CallState.CONNECTING, CallState.CONNECTED})
-CLIENT_EVENTS: Final = (
-    "user:join", "call:initiate", "call:accept", "call:reject", "call:offer", "call:answer", "ice:candidate",
-    "call:end",
-)
-SERVER_EVENTS: Final = (
-    "user:joined", "call:incoming", "call:initiated", "call:accepted", "call:rejected", "call:offer",
-    "call:answer", "ice:candidate", "call:ended", "call:timeout", "error",
-)
 # Set-up (initiate -> accept) takes seconds of a person's reaction; calls last minutes to hours.
 SETUP_BUCKETS: Final = (0.5, 1, 2, 5, 10, 20, 30, 60)
 DURATION_BUCKETS: Final = (5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200)

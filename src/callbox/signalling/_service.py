@@ -18,7 +18,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar, cast
 
 import msgspec
 import trio
@@ -66,13 +66,6 @@ T = TypeVar("T")
 # An unknown event name is echoed in the error; past this it is cut (a name is a few words).
 MAX_SHOWN_EVENT_NAME: Final = 64
 _NULL: Final = msgspec.Raw(b"null")
-_END_REASONS: Final[dict[Outcome, EndReason]] = {
-    Outcome.HANGUP: "hangup",
-    Outcome.CANCELLED: "cancelled",
-    Outcome.DISCONNECTED: "disconnected",
-    Outcome.REPLACED: "replaced",
-    Outcome.SERVER_SHUTDOWN: "server_shutdown",
-}
 
 
 class Transport(Protocol):
@@ -230,7 +223,9 @@ class Signalling:
         elif ended.outcome is Outcome.TIMEOUT:
             self._both(socket_ids, "call:timeout", CallTimeout(call.id))
         else:
-            self._both(socket_ids, "call:ended", CallEnded(call.id, ended.by, _END_REASONS[ended.outcome]))
+            # call:ended's reason is the outcome's name (_payloads.EndReason lists the same words).
+            reason = cast(EndReason, ended.outcome.value)
+            self._both(socket_ids, "call:ended", CallEnded(call.id, ended.by, reason))
 
     # -- ring timers ------------------------------------------------------------------------------
 
