@@ -8,7 +8,13 @@ active lately, not every user ever seen, and a user who reconnects does not star
 
 from __future__ import annotations
 
-__all__ = ["RateLimiter"]
+__all__ = ["RateLimiter", "refill"]
+
+
+def refill(tokens: float, then: float, now: float, burst: int, rate: float) -> float:
+    """The tokens of a bucket that held ``tokens`` at ``then``: ``rate`` a second more, at most
+    ``burst``. The one token-bucket rule; the per-session packet limit (engineio) uses it too."""
+    return min(float(burst), tokens + (now - then) * rate) if now > then else tokens
 
 
 class RateLimiter:
@@ -22,7 +28,7 @@ class RateLimiter:
         """Take a token for ``key`` at ``now``; False if there is none."""
         self._sweep(now, burst, rate)
         tokens, then = self._buckets.get(key, (float(burst), now))
-        tokens = min(float(burst), tokens + (now - then) * rate)
+        tokens = refill(tokens, then, now, burst, rate)
         allowed = tokens >= 1.0
         if allowed:
             tokens -= 1.0

@@ -38,6 +38,7 @@ import math
 
 import msgspec
 
+from ..ratelimit import refill
 from .packet import (
     RECORD_SEPARATOR,
     EngineIOProtocolError,
@@ -400,11 +401,8 @@ class EngineSession:
         """Take a token for one packet from the client. False: drop the packet."""
         if self.event_rate == math.inf:
             return True
-        tokens = self._tokens
-        if now > self._tokens_at:
-            tokens = min(float(self.event_burst), tokens + (now - self._tokens_at) * self.event_rate)
-            self._tokens_at = now
-        tokens -= 1.0
+        tokens = refill(self._tokens, self._tokens_at, now, self.event_burst, self.event_rate) - 1.0
+        self._tokens_at = max(now, self._tokens_at)
         self._tokens = tokens
         if tokens >= 0.0:
             return True

@@ -16,7 +16,18 @@ import trio
 from ..engineio import CloseReason, EngineIOProtocolError, SessionState
 from .routing import UNKNOWN_SID, HTTPError, websocket_key
 from .session import EngineSocket, apply, batched_writes
-from .wsframe import BINARY, CLOSE, CODECS, PING, TEXT, WSCodec, WSProtocolError, accept_token
+from .wsframe import (
+    BINARY,
+    CLOSE,
+    CODECS,
+    PING,
+    POLICY_VIOLATION,
+    PROTOCOL_ERROR,
+    TEXT,
+    WSCodec,
+    WSProtocolError,
+    accept_token,
+)
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -26,8 +37,6 @@ __all__ = ["open_websocket", "read_websocket"]
 
 log = logging.getLogger("callbox.engine")
 
-# WebSocket close codes we send (RFC 6455 7.4.1); 1005 means the client's close gave none.
-PROTOCOL_ERROR, POLICY_VIOLATION = 1002, 1008
 # How long the answers the reader owes (pong, close echo) may take once the session is over.
 CONTROL_TIMEOUT = 1.0
 

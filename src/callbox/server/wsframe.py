@@ -37,6 +37,7 @@ WSEvent = tuple[int, str | bytes | int]
 
 PROTOCOL_ERROR: Final = 1002
 INVALID_DATA: Final = 1007
+POLICY_VIOLATION: Final = 1008
 MESSAGE_TOO_BIG: Final = 1009
 NORMAL: Final = 1000
 NO_STATUS: Final = 1005  # "no code given": never sent on the wire
