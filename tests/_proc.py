@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 import select
+import socket
 import ssl
+import struct
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 
 class Server:
@@ -46,6 +50,54 @@ def callbox(*args: str, env: dict[str, str] | None = None, tls: bool = False) ->
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+T = TypeVar("T")
+
+# The TCP states of /proc/net/tcp (include/net/tcp_states.h) that a server's end of a connection is
+# in before the server has closed it.
+TCP_ESTABLISHED, TCP_CLOSE_WAIT = 0x01, 0x08
+
+
+def tcp_end(local: tuple[str, int], remote: tuple[str, int]) -> tuple[int, int] | None:
+    """The kernel's view of the end of a TCP connection (IPv4, this host's network namespace) at
+    ``local`` whose peer is ``remote``: (state, bytes received and not yet read by its owner), from
+    /proc/net/tcp; None if there is no such socket (any more)."""
+
+    def hexed(address: tuple[str, int]) -> str:
+        # An IPv4 address as the 32-bit word in host byte order, and the port, in hex.
+        (word,) = struct.unpack("=I", socket.inet_aton(address[0]))
+        return f"{word:08X}:{address[1]:04X}"
+
+    want_local, want_remote = hexed(local), hexed(remote)
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            if fields[1] == want_local and fields[2] == want_remote:
+                return int(fields[3], 16), int(fields[4].split(":")[1], 16)
+    return None
+
+
+def server_let_go(server_end: tuple[str, int], client_end: tuple[str, int]) -> bool:
+    """Whether the server has closed its end of a connection (after the client closed its own)."""
+    end = tcp_end(server_end, client_end)
+    return end is None or end[0] not in (TCP_ESTABLISHED, TCP_CLOSE_WAIT)
+
+
+def wait_until(check: Callable[[], T | None], timeout: float = 5.0, what: str = "") -> T:
+    """For tests that drive a process without trio, the same bounded wait on state as
+    ``_raw.eventually``: call ``check`` every 10 ms until it returns something truthy, and return
+    that; an AssertionError naming ``what`` and the last value after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while True:
+        last = check()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout} s for {what or check!r}; last: {last!r}")
+        time.sleep(0.01)
 
 
 def run_fail(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

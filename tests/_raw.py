@@ -4,9 +4,11 @@ the server writes, so the client must not interpret them."""
 
 from __future__ import annotations
 
+import inspect
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import h11
 import trio
@@ -18,10 +20,56 @@ from trio_websocket import (
     open_websocket_url,
 )
 
+from _proc import tcp_end
+
 PATH = "/socket.io/"
 RS = "\x1e"
 # Every single network wait in these helpers is bounded by this (real or virtual) time.
 WAIT = 5.0
+# How often ``eventually`` looks again: short next to any timer under test, long next to a loopback
+# round trip.
+POLL = 0.01
+
+T = TypeVar("T")
+
+
+@overload
+async def eventually(check: Callable[[], Awaitable[T | None]],
+                     timeout: float = ..., what: str = ...) -> T: ...  # noqa: ASYNC109
+@overload
+async def eventually(check: Callable[[], T | None], timeout: float = ..., what: str = ...) -> T: ...  # noqa: ASYNC109
+
+
+async def eventually(check: Callable[[], Any], timeout: float = WAIT, what: str = "") -> Any:  # noqa: ASYNC109
+    """The one bounded wait on state that tests use instead of a fixed sleep: call ``check`` (a
+    function or a coroutine function) every ``POLL`` seconds until it returns something truthy, and
+    return that. Fails with an AssertionError naming ``what`` and the last value after ``timeout``
+    (real seconds, or virtual ones under a MockClock)."""
+    last: Any = None
+    with trio.move_on_after(timeout):
+        while True:
+            last = check()
+            if inspect.isawaitable(last):
+                last = await last
+            if last:
+                return last
+            await trio.sleep(POLL)
+    raise AssertionError(f"waited {timeout} s for {what or check!r}; last: {last!r}")
+
+
+def unread_by_server(stream: trio.SocketStream) -> int | None:
+    """How many of the bytes sent on ``stream`` (a TCP connection to a server on this host, IPv4)
+    the server has not read yet: the receive queue of the server's end of the connection, as
+    /proc/net/tcp shows it. None if the kernel has no such connection (any more)."""
+    end = tcp_end(stream.socket.getpeername(), stream.socket.getsockname())
+    return None if end is None else end[1]
+
+
+async def server_has_read(stream: trio.SocketStream, timeout: float = WAIT) -> None:  # noqa: ASYNC109
+    """Wait until the server has read everything sent on ``stream``. For a request the server
+    holds (a polling GET with nothing to send), this is the moment it is pending: the server
+    registers a GET it has read without any further I/O."""
+    await eventually(lambda: unread_by_server(stream) == 0, timeout, "the server to read the request")
 
 
 def eio_target(transport: str = "polling", sid: str | None = None, *, eio: str | None = "4",
@@ -189,13 +237,14 @@ async def post_ok(port: int, sid: str, body: str | bytes) -> None:
 
 async def wait_session_gone(port: int, sid: str, timeout: float = 2.0) -> Response:  # noqa: ASYNC109
     """Wait until a request with ``sid`` gets 400 "Session ID unknown" (a noop POST, which changes
-    nothing on a live session). Returns that response; fails with TooSlowError if it stays."""
-    with trio.fail_after(timeout):
-        while True:
-            resp = await post(port, sid, "6")
-            if resp.status == 400 and resp.json() == {"code": 1, "message": "Session ID unknown"}:
-                return resp
-            await trio.sleep(0.02)
+    nothing on a live session). Returns that response; fails (AssertionError) if it stays."""
+
+    async def gone() -> Response | None:
+        resp = await post(port, sid, "6")
+        unknown = resp.status == 400 and resp.json() == {"code": 1, "message": "Session ID unknown"}
+        return resp if unknown else None
+
+    return await eventually(gone, timeout, f"session {sid} to be gone")
 
 
 async def open_ws(nursery: trio.Nursery, port: int, sid: str | None = None,

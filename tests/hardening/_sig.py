@@ -20,7 +20,7 @@ from typing import Any
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from _raw import HTTPConnection, eio_target, open_ws, parse_open
+from _raw import HTTPConnection, eio_target, eventually, open_ws, parse_open, unread_by_server
 
 from ._wire import TEXT, WAIT, RawWS, text
 
@@ -53,6 +53,7 @@ class Peer:
         self._ack_ids = itertools.count()
         self._ws: WebSocketConnection | None = None
         self._stop = trio.CancelScope()
+        self._get_out: HTTPConnection | None = None  # polling: the connection of the GET sent and not yet answered
 
     # -- opening -----------------------------------------------------------------------------------
 
@@ -126,7 +127,9 @@ class Peer:
                 try:
                     for _ in range(1_000_000):
                         await conn.send_request("GET", eio_target("polling", self.eio_sid), headers=self._headers)
+                        self._get_out = conn
                         resp = await conn.receive_response(timeout=3600)
+                        self._get_out = None
                         if resp.status != 200:
                             return
                         for packet in resp.text.split(RS):
@@ -232,6 +235,16 @@ class Peer:
                 if self.closed.is_set():
                     raise AssertionError(f"{self.user_id}: closed while waiting for {name}; events {self.events}")
                 await self._changed.wait()
+
+    async def poll_pending(self, timeout: float = WAIT) -> None:  # noqa: ASYNC109
+        """Polling: wait until this peer's GET is out and the server has read it, so that it is
+        pending there (it stays so until the server has something to send this peer)."""
+
+        def pending() -> bool:
+            conn = self._get_out
+            return conn is not None and unread_by_server(conn.stream) == 0
+
+        await eventually(pending, timeout, f"{self.user_id or self.eio_sid}: a pending GET")
 
     async def wait_closed(self, timeout: float = WAIT) -> None:  # noqa: ASYNC109
         with trio.fail_after(timeout):

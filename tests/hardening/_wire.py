@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 
 import trio
 
+from _raw import eventually
+
 HOST = "127.0.0.1"
 WAIT = 5.0
 
@@ -56,10 +58,25 @@ class Proc:
         return self.log_path.stat().st_size
 
     def errors(self, since: int = 0) -> list[str]:
-        """Log lines at ERROR or above, and tracebacks, written after offset ``since``."""
-        return [line for line in self.log(since).splitlines()
+        """Log lines at ERROR or above, and tracebacks, written after offset ``since``. Fails if
+        nothing at all was written since then: every test makes the server log something (a
+        session opened or closed, a user joined or left), so an empty log means that it was not
+        captured, and "no error in it" would prove nothing."""
+        lines = self.log(since).splitlines()
+        assert lines, f"the server logged nothing after offset {since}: its log was not captured"
+        return [line for line in lines
                 if " ERROR " in line or " CRITICAL " in line or line.startswith("Traceback")
                 or '"level": "error"' in line]
+
+    async def wait_log(self, pattern: str, since: int = 0, timeout: float = WAIT) -> str:  # noqa: ASYNC109
+        """The first log line after offset ``since`` that matches the regular expression ``pattern``,
+        once the server has written it (bounded)."""
+        regex = re.compile(pattern)
+
+        def line() -> str | None:
+            return next((x for x in self.log(since).splitlines() if regex.search(x)), None)
+
+        return await eventually(line, timeout, f"a log line matching {pattern!r}")
 
     def status(self, key: str) -> int:
         """A /proc/PID/status figure in kB (VmRSS, VmHWM, ...)."""
@@ -213,15 +230,16 @@ async def wait_metrics(port: int, want: dict[str, float], timeout: float = WAIT)
     """Poll /metrics until every ``want`` figure is reached (the connection polling counts itself:
     ``callbox_tcp_connections`` includes the /metrics request's own connection)."""
     m: dict[str, float] = {}
-    deadline = trio.current_time() + timeout
-    for _ in range(int(timeout / 0.05) + 1):
+
+    async def reached() -> dict[str, float] | None:
+        nonlocal m
         m = await metrics(port)
-        if all(m.get(k) == v for k, v in want.items()):
-            return m
-        if trio.current_time() > deadline:
-            break
-        await trio.sleep(0.05)
-    raise AssertionError(f"metrics never reached {want}: {({k: m.get(k) for k in want})}")
+        return m if all(m.get(k) == v for k, v in want.items()) else None
+
+    try:
+        return await eventually(reached, timeout)
+    except AssertionError:
+        raise AssertionError(f"metrics never reached {want}: {({k: m.get(k) for k in want})}") from None
 
 
 # -- raw WebSocket frames --------------------------------------------------------------------------

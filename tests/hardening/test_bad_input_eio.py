@@ -185,7 +185,7 @@ async def test_second_concurrent_poll_ends_the_session(server: Proc, bystanders:
     gets the close packet); the partner gets call:ended."""
     a, b, call_id = await call_pair(nursery, server.port, "dbl", ("polling", "websocket"))
     # The Peer's own poll loop holds a GET pending: this one is the second.
-    await trio.sleep(0.1)
+    await a.poll_pending()
     conn = await HTTPConnection.open(server.port)
     resp = await conn.request("GET", eio_target("polling", a.eio_sid))
     await conn.aclose()

@@ -211,14 +211,16 @@ async def test_nothing_a_client_sends_forges_a_log_line(server: Proc, bystanders
     forged = "x\r\n2026-01-01T00:00:00.000Z ERROR callbox: forged \x1b[31m\u202e\u200b"
     await peer.emit("user:join", {"userId": forged}, ack=False)
     await peer.emit(forged, {"userId": forged}, ack=False)
-    await peer.emit("user:join", {"userId": "ok-" + unique("log")})
+    user = "ok-" + unique("log")
+    await peer.emit("user:join", {"userId": user})
     await peer.emit("call:initiate", {"to": forged, "callType": "audio"}, ack=False)
     await peer.emit("call:end", {"callId": forged[:60]}, ack=False)
     await peer.send("40/" + forged + ",")
     await peer.expect("error")
-    await trio.sleep(0.1)
     await peer.close()
-    await trio.sleep(0.1)
+    # The server handles one WebSocket's messages in order: once it logs this user leaving (on the
+    # close packet, sent last), it has logged whatever the attempts made it log.
+    await server.wait_log(rf" user left user={re.escape(user)}( |$)", mark)
     stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
     lines = server.log(mark).splitlines()
     assert lines, "nothing was logged"

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import trio
 
-from _raw import HTTPConnection, eio_target
+from _raw import HTTPConnection, eio_target, server_has_read
 
 from ._sig import Peer, call_pair, joined, ringing, unique
 from ._wire import TEXT, Proc, RawWS, clean_env, frame, spawn, text, wait_metrics, wall
@@ -147,8 +147,8 @@ async def test_reset_in_the_middle_of_a_poll(server: Proc, nursery: trio.Nursery
         await conn.request("POST", eio_target("polling", sid), body.encode())
     call_id = (await b.expect("call:incoming"))["callId"]
     await conn.request("GET", eio_target("polling", sid))  # drain what is queued
-    await conn.send_request("GET", eio_target("polling", sid))  # now pending
-    await trio.sleep(0.1)
+    await conn.send_request("GET", eio_target("polling", sid))
+    await server_has_read(conn.stream)  # now pending
     start = wall()
     rst(conn.stream)
     await conn.aclose()

@@ -40,11 +40,22 @@ ELSEWHERE = [("X-Forwarded-For", "198.51.100.7")]  # the bystanders' client addr
 XFF = "X-Forwarded-For: 198.51.100.8\r\n"  # where the test reads /metrics from
 
 
+SETTINGS = ("--event-rate", str(EVENT_RATE), "--event-burst", str(EVENT_BURST), "--trusted-proxies", HOST,
+            "--connection-rate-per-address", "20", "--connection-burst-per-address", "60",
+            "--max-sessions-per-address", "80", "--max-connections-per-address", "150")
+
+
 @pytest.fixture(scope="module")
 def server() -> Iterator[Proc]:
-    with spawn("--event-rate", str(EVENT_RATE), "--event-burst", str(EVENT_BURST), "--trusted-proxies", HOST,
-               "--connection-rate-per-address", "20", "--connection-burst-per-address", "60",
-               "--max-sessions-per-address", "80", "--max-connections-per-address", "150") as proc:
+    with spawn(*SETTINGS) as proc:
+        yield proc
+
+
+@pytest.fixture
+def fresh_server() -> Iterator[Proc]:
+    """A server of its own, with the same settings: the per-address buckets and session counts of
+    127.0.0.1 are full and empty, whatever the tests before this one spent."""
+    with spawn(*SETTINGS) as proc:
         yield proc
 
 
@@ -63,7 +74,7 @@ async def sample_latency(a: Peer, b: Peer, call_id: str, until: trio.Event, out:
         if until.is_set():
             return
         out.append(await check_call(a, b, call_id))
-        await trio.sleep(period)
+        await trio.sleep(period)  # the sampling period
 
 
 async def test_event_flood_is_cut_off_while_a_call_goes_on(server: Proc, nursery: trio.Nursery) -> None:
@@ -125,7 +136,7 @@ async def test_client_under_the_rate_loses_nothing(server: Proc, nursery: trio.N
     while wall() - start < 3 and sent < 1000:
         await a.emit("ice:candidate", {"to": b.user_id, "candidate": {"n": sent}}, ack=False)
         sent += 1
-        await trio.sleep(period)
+        await trio.sleep(period)  # paced at 80 % of the rate: what this test is about
     got = [await b.expect("ice:candidate", timeout=5) for _ in range(sent)]
     assert [g["candidate"]["n"] for g in got] == list(range(sent))
     await check_call(a, b, call_id)
@@ -143,13 +154,13 @@ async def test_polling_flood_is_cut_off(server: Proc, nursery: trio.Nursery) -> 
     assert "1" in a.raw
 
 
-async def test_connection_rate_cap_per_address(server: Proc, nursery: trio.Nursery) -> None:
+async def test_connection_rate_cap_per_address(fresh_server: Proc, nursery: trio.Nursery) -> None:
     """New connections from one address past the burst (60) get 429 with Retry-After, and are
     closed; a client at another address connects and calls meanwhile."""
+    server = fresh_server  # nothing has taken from the bucket of 127.0.0.1 yet
     a, b, call_id = await call_pair(nursery, server.port, "cr", headers=ELSEWHERE)
     key = 'callbox_http_refused_total{reason="connection_rate_per_address"}'
     before = (await metrics(server.port, XFF)).get(key, 0)
-    await trio.sleep(60 / 20)  # let the bucket of 127.0.0.1 fill up after the earlier tests
     statuses: dict[int, int] = {}
     retry_after = set()
     start = wall()
@@ -210,13 +221,13 @@ async def test_connection_count_cap_per_address(nursery: trio.Nursery) -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_handshake_flood_on_one_connection_is_capped(server: Proc, nursery: trio.Nursery) -> None:
+async def test_handshake_flood_on_one_connection_is_capped(fresh_server: Proc, nursery: trio.Nursery) -> None:
     """Bug H5: one keep-alive connection pipelining 2,000 handshakes gets at most
     --max-sessions-per-address (80) sessions, and the rest are refused (429 past the address's new
     session rate, 503 past its session cap); server memory stays flat; a client at another address
     still connects and calls."""
+    server = fresh_server  # 127.0.0.1 has its whole bucket, and no session yet
     a, b, call_id = await call_pair(nursery, server.port, "hs", headers=ELSEWHERE)
-    await trio.sleep(3)
     rss_before = server.rss_kb()
     stream = await tcp(server.port)
     statuses: dict[int, int] = {}

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from ._sig import call_pair, check_call, joined, percentile, raw_user
-from ._wire import PING, Proc, frame, metrics, spawn, text, wall
+from ._wire import PING, Proc, frame, metrics, read_until_closed, spawn, text, wall
 
 pytestmark = pytest.mark.process  # the module's ``server``: a real python -m callbox
 
@@ -40,7 +40,7 @@ async def sample_rss(server: Proc, out: list[int], stop: trio.Event, limit: int 
         if stop.is_set():
             return
         out.append(server.rss_kb())
-        await trio.sleep(0.01)
+        await trio.sleep(0.01)  # the sampling period
 
 
 async def test_reader_that_stops_is_cut_off_and_memory_stays_bounded(server: Proc, nursery: trio.Nursery) -> None:
@@ -50,8 +50,13 @@ async def test_reader_that_stops_is_cut_off_and_memory_stays_bounded(server: Pro
     await slow.send(text("42" + json.dumps(["call:initiate", {"to": sender.user_id, "callType": "video"}])))
     call_id = (await sender.expect("call:incoming"))["callId"]
     assert (await sender.emit("call:accept", {"callId": call_id}))["ok"] is True
+    for _ in range(10):  # the server has processed the accept: the caller is told
+        _, payload = await slow.next_frame()
+        if b'"call:accepted"' in payload:
+            break
+    else:
+        raise AssertionError("the slow client was not told call:accepted")
     # From here on the slow client reads nothing.
-    await trio.sleep(0.2)
     rss_before = server.rss_kb()
     samples: list[int] = []
     latencies: list[float] = []
@@ -71,7 +76,10 @@ async def test_reader_that_stops_is_cut_off_and_memory_stays_bounded(server: Pro
     assert ended["reason"] == "disconnected"
     for _ in range(10):
         latencies.append(await check_call(by_a, by_b, by_call))
-    await trio.sleep(0.5)
+    # The server has let the slow client go: it closes that connection once the kernel has sent
+    # what was already written (the client reads it all now).
+    _, closed = await read_until_closed(slow.stream, limit=1 << 30)
+    assert closed, "the server kept the slow client's connection open"
     stop.set()
     rss_after = server.rss_kb()
     m = await metrics(server.port)

@@ -19,6 +19,7 @@ import pytest
 import trio
 
 from _paths import INTEROP
+from _raw import eventually
 from callbox import ConnectionRefused, Socket, SocketIO
 
 StartServer = Callable[..., Awaitable[int]]  # the conftest fixture: port = await start_server(app, **config)
@@ -352,14 +353,11 @@ async def test_thousand_events_in_order(start_server: StartServer, nursery: trio
     async def stream(socket: Socket) -> None:
         # From the moment the socket connects: 500 events paced over ~0.1 s (in the default
         # mode the transport is upgraded meanwhile), then 500 in one burst.
-        for _ in range(100):
-            if socket.connected:
-                break
-            await trio.sleep(0.001)
+        await eventually(lambda: socket.connected, 5, "the socket to connect")
         for i in range(500):
             assert socket.emit("n", i)
             if i % 5 == 4:
-                await trio.sleep(0.001)
+                await trio.sleep(0.001)  # the pacing: what this part of the test is about
         for i in range(500, 1000):
             assert socket.emit("n", i)
         socket.emit("flood-end")

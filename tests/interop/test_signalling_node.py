@@ -5,6 +5,7 @@ user, no call, no ring timer. One test runs the ``callbox`` command itself, as a
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 import trio
 
 from _paths import INTEROP
+from _raw import eventually
 from callbox import SocketIO
 from callbox.signalling import MemoryRegistry, Signalling, install
 
@@ -52,11 +54,12 @@ async def settled(signalling: Signalling) -> None:
     """Every client has gone: the server lets go of everything (disconnects may lag the exit)."""
     registry = signalling.registry
     assert isinstance(registry, MemoryRegistry)
-    with trio.fail_after(5):
-        for _ in range(500):
-            if not registry.users and not registry.calls and not signalling.timers:
-                break
-            await trio.sleep(0.01)
+
+    def idle() -> bool:
+        return not registry.users and not registry.calls and not signalling.timers
+
+    with contextlib.suppress(AssertionError):  # the assertion below says what is left
+        await eventually(idle, 5)
     assert (registry.users, registry.calls, signalling.timers) == ({}, {}, {})
 
 

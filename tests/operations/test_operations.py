@@ -18,7 +18,7 @@ import trustme
 from prometheus_client.parser import text_string_to_metric_families
 
 from _paths import INTEROP, ROOT
-from _proc import Server, callbox, get, run_fail
+from _proc import Server, callbox, get, run_fail, server_let_go, wait_until
 
 pytestmark = pytest.mark.process
 
@@ -211,16 +211,13 @@ def test_per_address_and_total_connection_caps() -> None:
 
 
 def metrics_after_close(s: Server, *conns: socket.socket) -> dict[str, float]:
+    """Close ``conns``, then scrape /metrics once the server has let them go: a scrape before that
+    would be refused like any connection past the cap, and counted."""
+    ends = [(c.getpeername(), c.getsockname()) for c in conns]
     for c in conns:
         c.close()
-    deadline = time.monotonic() + 5
-    while True:
-        try:
-            return metrics(s)
-        except (AssertionError, urllib.error.URLError):
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    wait_until(lambda: all(server_let_go(*end) for end in ends), 5, "the server to close its ends")
+    return metrics(s)
 
 
 def test_slow_request_head_is_cut_off_and_idle_keepalive_closed() -> None:

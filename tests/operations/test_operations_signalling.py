@@ -13,7 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from _paths import INTEROP
-from _proc import Server, callbox, get
+from _proc import Server, callbox, get, wait_until
 
 pytestmark = pytest.mark.process
 
@@ -28,10 +28,15 @@ def scenario(server: Server, *args: str) -> list[str]:
 
 
 def stop(server: Server) -> list[str]:
+    """Stop the server (SIGTERM) and return its log. The server always logs something (at least
+    its start and its stop), so an empty log means it was not captured: that fails here rather
+    than pass every "nothing bad was logged" check."""
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(timeout=15) == 0
     assert server.proc.stderr is not None
-    return server.proc.stderr.read().splitlines()
+    lines = server.proc.stderr.read().splitlines()
+    assert lines, "the server's log is empty: it was not captured"
+    return lines
 
 
 @pytest.mark.node
@@ -80,14 +85,15 @@ def parse(body: str) -> dict[str, float]:
 def test_metrics_and_logs_after_a_scripted_set_of_calls() -> None:
     with callbox("--log-format", "json") as s:
         result = json.loads(scenario(s, "calls")[-1])
-        deadline = time.monotonic() + 5
-        while True:  # the clients have exited; wait for the server to see them go
+
+        def scrape() -> dict[str, float] | None:
             status, body = get(f"{s.base}/metrics")
             assert status == 200
-            during = parse(body)
-            if during["callbox_users_online"] == 0 or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
+            m = parse(body)
+            return m if m["callbox_users_online"] == 0 else None
+
+        # The clients have exited; wait for the server to see them go.
+        during = wait_until(scrape, 5, "callbox_users_online to fall to 0")
         lines = stop(s)
     assert result == {"done": True, "offline": "USER_OFFLINE", "busy": "USER_BUSY"}
     m = during

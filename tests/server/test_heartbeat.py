@@ -128,7 +128,7 @@ async def test_late_pong_within_timeout_keeps_session(start_server: Any, clock: 
     sid, _ = await handshake(port)
     t0 = now()
     assert await poll(port, sid, timeout=LONG) == ["2"]
-    await trio.sleep(PING_TIMEOUT - 0.5)  # answer just before the deadline
+    await trio.sleep(PING_TIMEOUT - 0.5)  # virtual: answer just before the deadline
     await post_ok(port, sid, "3")
     pong = now()
     assert pong - t0 == pytest.approx(PING_INTERVAL + PING_TIMEOUT - 0.5, abs=EPS)
@@ -148,7 +148,7 @@ async def test_messages_do_not_replace_pongs(start_server: Any, nursery: trio.Nu
     assert await ws_recv(ws, timeout=LONG) == "2"
     with pytest.raises(ConnectionClosed):
         while True:
-            await trio.sleep(1)
+            await trio.sleep(1)  # virtual: chatter every second, no pong
             await ws_send(ws, "4chatter")
             assert await ws_recv(ws, timeout=LONG) == "4chatter"
     assert [(s, r) for s, r, _ in app.closed] == [(sid, CloseReason.PING_TIMEOUT)]
@@ -208,7 +208,7 @@ async def test_unsolicited_pong_does_not_delay_the_ping(start_server: Any, clock
     port = await start_server(app)
     sid, _ = await handshake(port)
     t0 = now()
-    await trio.sleep(10)
+    await trio.sleep(10)  # virtual: well inside the first interval
     await post_ok(port, sid, "3")  # nothing asked for it
     assert await poll(port, sid, timeout=LONG) == ["2"]
     assert now() - t0 == pytest.approx(PING_INTERVAL, abs=EPS)
@@ -230,7 +230,7 @@ async def test_heartbeat_carries_over_an_upgrade(start_server: Any, nursery: tri
     port = await start_server(app)
     sid, _ = await handshake(port)
     t0 = now()
-    await trio.sleep(10)
+    await trio.sleep(10)  # virtual: upgrade in the middle of the first interval
     ws = await _upgrade(nursery, port, sid)
     # The timer started at the handshake: the first ping comes 25 s after it, on the WebSocket.
     assert await ws_recv(ws, timeout=LONG) == "2"
@@ -255,7 +255,7 @@ async def test_ping_queued_on_polling_is_flushed_on_the_websocket(
     port = await start_server(app)
     sid, _ = await handshake(port)
     t0 = now()
-    await trio.sleep(PING_INTERVAL + 5)
+    await trio.sleep(PING_INTERVAL + 5)  # virtual: the ping falls due, nobody polls
     ws = await _upgrade(nursery, port, sid)
     assert await ws_recv(ws) == "2"
     await ws_send(ws, "3")
@@ -313,7 +313,7 @@ async def test_stalled_upgrade_of_a_polling_client(start_server: Any, nursery: t
             else:
                 raise AssertionError(f"unexpected {packet!r}")
         if packets == ["6"]:
-            await trio.sleep(0.5)  # a real client polls again at once; this keeps the loop finite
+            await trio.sleep(0.5)  # virtual; a real client polls again at once: this keeps the loop finite
     assert pings >= 3, (pings, noops)
     assert app.closed == []
     # The stalled probe was given up on: its WebSocket is closed.

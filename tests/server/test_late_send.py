@@ -12,10 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 import trio
-from hardening._wire import CLOSE, TEXT, RawWS, text
 
 import callbox
+from _raw import eventually
 from callbox.engineio import CloseReason
+from hardening._wire import CLOSE, TEXT, RawWS, text
 
 CHUNK = 100_000
 CHUNKS = 160  # 16 MB: far more than the kernel buffers on both sides hold, so the write stalls
@@ -49,9 +50,8 @@ async def _final_flush(start_server: Any, late_send: bool) -> list[tuple[int, by
     ws, _ = await RawWS.open(port, rcvbuf=4096)
     await ws.send(text("4big"))
     sock = app.socks[0]
-    with trio.fail_after(5):
-        while sock._write_scope is None:  # the session task is stuck writing the final batch
-            await trio.sleep(0.001)
+    # The session task is stuck writing the final batch.
+    await eventually(lambda: sock._write_scope is not None, 5, "the final flush to stall")
     if late_send:
         assert sock.send("late") is False  # refused: the session is closing
     return await ws.until_closed(timeout=20, limit=CHUNKS + 10)

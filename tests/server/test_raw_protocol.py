@@ -22,6 +22,7 @@ from _raw import (
     HTTPConnection,
     Recorder,
     eio_target,
+    eventually,
     handshake,
     open_ws,
     parse_open,
@@ -29,6 +30,7 @@ from _raw import (
     post,
     post_ok,
     request,
+    server_has_read,
     sio_connect_polling,
     wait_session_gone,
     ws_open_session,
@@ -36,12 +38,11 @@ from _raw import (
     ws_refused,
     ws_send,
 )
+from callbox.engineio import SessionState
 
 # How long a raw test lets the server act on something that needs no timer (a close, a release).
 # Loopback round trips take milliseconds; this only bounds a failure.
 SETTLE = 2.0
-# Long enough that a GET sent before it is registered and pending in the server (loopback).
-PENDING = 0.2
 
 
 class Echo:
@@ -50,9 +51,10 @@ class Echo:
     def __init__(self) -> None:
         self.closed: list[tuple[str, callbox.CloseReason]] = []
         self.closes = Recorder()
+        self.socks: dict[str, callbox.EngineSocket] = {}
 
     async def on_open(self, sock: callbox.EngineSocket) -> None:
-        pass
+        self.socks[sock.sid] = sock
 
     async def on_message(self, sock: callbox.EngineSocket, data: str | bytes) -> None:
         sock.send(data)
@@ -175,7 +177,7 @@ async def test_two_concurrent_polls(start_server: Any) -> None:
     first = await HTTPConnection.open(port)
     try:
         await first.send_request("GET", eio_target("polling", sid))
-        await trio.sleep(PENDING)
+        await server_has_read(first.stream)  # pending: this GET is the first
         second = await request(port, "GET", eio_target("polling", sid, extra="t=burst"))
         assert second.status == 400, (second.status, second.body)
         assert second.json() == error(3)
@@ -193,7 +195,7 @@ async def test_aborted_poll_closes_the_session(start_server: Any) -> None:
     sid, _ = await handshake(port)
     conn = await HTTPConnection.open(port)
     await conn.send_request("GET", eio_target("polling", sid))
-    await trio.sleep(PENDING)
+    await server_has_read(conn.stream)  # pending
     await conn.aclose()  # the client gives up on its pending GET
     resp = await wait_session_gone(port, sid)
     assert_error(resp, 400, 1)
@@ -327,7 +329,7 @@ async def test_upgrade_sequence(start_server: Any, nursery: trio.Nursery) -> Non
     assert await poll(port, sid) == ["4before"]
     pending = await HTTPConnection.open(port)
     await pending.send_request("GET", eio_target("polling", sid))
-    await trio.sleep(PENDING)
+    await server_has_read(pending.stream)  # pending before the probe comes
     ws = await open_ws(nursery, port, sid)
     await ws_send(ws, "2probe")
     assert await ws_recv(ws) == "3probe"
@@ -359,13 +361,15 @@ async def test_upgrade_probe_answered_before_get(start_server: Any, nursery: tri
 
 
 async def test_failed_probe_keeps_polling(start_server: Any, nursery: trio.Nursery) -> None:
-    port = await start_server(Echo())
+    app = Echo()
+    port = await start_server(app)
     sid, _ = await handshake(port)
     ws = await open_ws(nursery, port, sid)
     await ws_send(ws, "2probe")
     assert await ws_recv(ws) == "3probe"
     await ws.aclose()
-    await trio.sleep(PENDING)
+    core = app.socks[sid].core
+    await eventually(lambda: core.state is SessionState.POLLING, SETTLE, "the upgrade to be given up")
     await post_ok(port, sid, "4still polling")
     assert await poll(port, sid) == ["4still polling"]
 
@@ -384,7 +388,7 @@ async def test_client_close_packet_over_polling(start_server: Any) -> None:
     sid, _ = await handshake(port)
     pending = await HTTPConnection.open(port)
     await pending.send_request("GET", eio_target("polling", sid))
-    await trio.sleep(PENDING)
+    await server_has_read(pending.stream)  # pending, so the close releases it
     await post_ok(port, sid, "1")
     resp = await pending.receive_response()
     assert (resp.status, resp.body) == (200, b"6")
