@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import logging
 import resource
 import signal
@@ -36,7 +37,7 @@ async def _run(config: Config) -> None:
                 host, port = listener.socket.getsockname()[:2]
                 shown = f"[{host}]" if ":" in host else host
                 print(f"callbox listening on {scheme}://{shown}:{port}{config.path}", flush=True)
-            _trim_heap()
+            _settle_heap()
             if config.auth_secret:
                 log.info("token auth on: clients must connect with auth {token}")
             else:
@@ -66,9 +67,17 @@ def _raise_fd_limit(wanted: int) -> None:
                     extra={"fields": {"limit": soft, "max_connections": wanted - FD_HEADROOM}})
 
 
-def _trim_heap() -> None:
-    """Give back to the OS the heap that start-up (imports, parsing) used and freed: about 1.5 MiB
-    of idle RSS on glibc. Elsewhere, nothing happens."""
+def _settle_heap() -> None:
+    """Once listening: move what start-up made (modules, classes, functions, the app) out of the
+    cyclic collector's reach, and give back to the OS the heap it used and freed.
+
+    Those objects live as long as the process, yet every full collection walked them again; frozen,
+    a full collection walks only what came since. Measured on a 10,000-client connect + join ramp
+    (``python -m bench --servers callbox --scenarios ramp-10k``, 2 runs each): about 11% less server
+    CPU per client. ``malloc_trim`` returns about 1.5 MiB of idle RSS on glibc; elsewhere it is a
+    no-op."""
+    gc.collect()
+    gc.freeze()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
