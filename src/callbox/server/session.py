@@ -118,15 +118,11 @@ class EngineSocket:
         except BlockingIOError:
             written = 0
         except OSError:  # reset, or the connection is closing: the reader will see it too
-            self.core.lost(CloseReason.TRANSPORT_CLOSE)
-            self._wake()
+            self.lose(CloseReason.TRANSPORT_CLOSE)
             return
         if written < len(data):
             self._leftover = data[written:]
             self._lot.unpark_all()
-
-    def _wake(self) -> None:
-        self._lot.unpark_all()
 
 
 class _Batch(list["EngineSocket"]):

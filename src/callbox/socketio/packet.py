@@ -171,30 +171,29 @@ def _decode(text: str) -> tuple[Packet, int]:
             if body or ack_id is not None:
                 raise SocketIOProtocolError("DISCONNECT carries no data")
         elif ptype is PacketType.EVENT or ptype is PacketType.ACK:
-            args = _raw_list.decode(body)
-            if ptype is PacketType.EVENT:
-                packet.event = _event_name(args)
-                del args[0]
-            elif ack_id is None:
-                raise SocketIOProtocolError("ACK without an ack id")
-            packet.data = args
+            _set_args(packet, _raw_list.decode(body))
         elif ptype is PacketType.CONNECT_ERROR:
             raise SocketIOProtocolError("CONNECT_ERROR is sent by servers only")
         else:  # binary: decode fully, placeholders are filled in when the buffers arrive
             args = _any.decode(body)
             if not isinstance(args, list):
                 raise SocketIOProtocolError("binary packet data must be an array")
-            if ptype is PacketType.BINARY_EVENT:
-                packet.event = _event_name(args)
-                del args[0]
-            elif ack_id is None:
-                raise SocketIOProtocolError("ACK without an ack id")
-            packet.data = args
+            _set_args(packet, args)
     except msgspec.DecodeError as exc:
         raise SocketIOProtocolError(f"invalid JSON: {exc}") from exc
     except RecursionError:
         raise SocketIOProtocolError("JSON nested too deeply") from None
     return packet, attachments
+
+
+def _set_args(packet: Packet, args: list[Any]) -> None:
+    """An event's name goes to ``packet.event`` and the rest to ``packet.data``; an ack needs its id."""
+    if packet.type is PacketType.EVENT or packet.type is PacketType.BINARY_EVENT:
+        packet.event = _event_name(args)
+        del args[0]
+    elif packet.id is None:
+        raise SocketIOProtocolError("ACK without an ack id")
+    packet.data = args
 
 
 def _event_name(args: list[Any]) -> str:
