@@ -38,9 +38,18 @@ setTimeout(() => process.exit(2), 10000);
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free for both UDP and TCP on 127.0.0.1: coturn listens on both (a port free for UDP
+    alone may be taken for TCP by another test's server, and coturn then never comes up)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, socket.socket() as tcp:
+            udp.bind(("127.0.0.1", 0))
+            port = int(udp.getsockname()[1])
+            try:
+                tcp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no port free for both UDP and TCP on 127.0.0.1")
 
 
 @pytest.fixture
