@@ -31,7 +31,7 @@ from .routing import (
     route,
     smuggling_shape,
 )
-from .websocket import open_websocket, read_websocket
+from .websocket import open_websocket, read_websocket, run_websocket_session
 
 if TYPE_CHECKING:
     from .engine import EngineServer
@@ -63,7 +63,11 @@ async def handle_connection(server: EngineServer, stream: Any) -> None:
             # The connection is a WebSocket from here on; h11's state and the request are not
             # held for the WebSocket's whole life.
             conn.h11 = None  # type: ignore[assignment]
-            await read_websocket(server, upgraded[0], upgraded[1], stream)
+            sock, ws = upgraded
+            if sock.runs_itself:
+                await read_websocket(server, sock, ws, stream)
+            else:
+                await run_websocket_session(server, sock, ws, stream)
     except (trio.BrokenResourceError, trio.ClosedResourceError):
         pass
     except Exception:

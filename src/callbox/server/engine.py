@@ -164,11 +164,13 @@ class EngineServer:
         return EngineSocket(self, core, address)
 
     async def start_session(self, sock: EngineSocket) -> None:
-        """Register the session, start its task, and tell the application."""
+        """Register the session, start its task (over polling; a WebSocket's reader runs the
+        sessions made over it), and tell the application."""
         assert self._nursery is not None
         self.sessions[sock.sid] = sock
         self.admission.session_opened(sock.remote_address)
-        self._nursery.start_soon(run_session, self, sock)
+        if sock.runs_itself:
+            self._nursery.start_soon(run_session, self, sock)
         log.info("session opened", extra={"fields": {"sid": sock.sid, "remote": sock.remote_address,
                                                      "transport": sock.transport}})
         try:

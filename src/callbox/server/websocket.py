@@ -2,8 +2,10 @@
 inline (so one client's messages are handled in order, with no task hop per message).
 
 A WebSocket either carries a session from its start (no ``sid``: the open packet follows the 101 in
-the same write) or probes to upgrade a polling session (``2probe`` / ``3probe`` / ``5``); once the
-core reports the upgrade, the session adopts it (``server/session.py``)."""
+the same write), and then its reader runs that session (:func:`run_websocket_session`: reads,
+heartbeat, the writes that could not be made at once, the session's end); or it probes to upgrade a
+polling session (``2probe`` / ``3probe`` / ``5``) and, once the core reports the upgrade, carries
+that session, whose own task keeps writing and beating (:func:`read_websocket`)."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import trio
 
 from ..engineio import CloseReason, EngineIOProtocolError, SessionState
 from .routing import UNKNOWN_SID, HTTPError, websocket_key
-from .session import EngineSocket, apply, batched_writes
+from .session import EngineSocket, apply, batched_writes, flush_websocket
 from .wsframe import (
     BINARY,
     CLOSE,
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
     from .connection import Connection
     from .engine import EngineServer
 
-__all__ = ["open_websocket", "read_websocket"]
+__all__ = ["open_websocket", "read_websocket", "run_websocket_session"]
 
 log = logging.getLogger("callbox.engine")
 
@@ -80,8 +82,71 @@ class _Done(Exception):
     """The WebSocket is finished (its close frame was read, or the session is over)."""
 
 
+async def run_websocket_session(server: EngineServer, sock: EngineSocket, ws: WSCodec, stream: Any) -> None:
+    """Run a session made over this WebSocket, in its connection's task: read frames (messages go
+    to the app inline), keep the heartbeat, write what could not be written at once, close."""
+    core = sock.core
+    reason = CloseReason.TRANSPORT_CLOSE
+    control: list[bytes] = []  # frames the reader answers itself (pong, close)
+    try:
+        while core.state is not SessionState.CLOSED:
+            if sock._leftover or core.has_output:
+                await flush_websocket(sock)  # a write was in flight, the kernel was full, TLS, or closing
+                continue
+            with trio.CancelScope(deadline=core.next_deadline()) as wait:
+                sock._wait_scope = wait  # woken (cancelled) when there is something to write
+                try:
+                    data = await stream.receive_some(server.RECEIVE_SIZE)
+                finally:
+                    sock._wait_scope = None
+            if wait.cancelled_caught:  # a deadline (ping, pong overdue) or a wake-up
+                core.handle_timeout(trio.current_time())
+                apply(sock)
+                continue
+            if not data:
+                break
+            with batched_writes():
+                await _handle_read(server, sock, ws, None, data, control)
+            if control:
+                # Pongs to a client that does not read its pongs would block here for ever: the
+                # heartbeat's verdict bounds it, as it bounds every write.
+                with trio.move_on_at(core.dead_by()) as stalled:
+                    await _send_control(sock, ws, stream, control)
+                if stalled.cancelled_caught:
+                    sock.lose(CloseReason.PING_TIMEOUT)
+                control.clear()
+    except _Done:
+        with trio.move_on_after(CONTROL_TIMEOUT):
+            if control:
+                await _send_control(sock, ws, stream, control)
+        while core.state is SessionState.CLOSING:
+            await flush_websocket(sock)  # what was queued, the close packet and the close frame
+    except (EngineIOProtocolError, WSProtocolError) as exc:
+        reason = CloseReason.PARSE_ERROR
+        await _refuse(server, sock, ws, stream, exc)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        sock._fd = -1  # the stream closes after this: never write to its descriptor again
+        sock.lose(reason)
+        with trio.CancelScope(shield=True):
+            await server.session_ended(sock)
+
+
+async def _refuse(server: EngineServer, sock: EngineSocket, ws: WSCodec, stream: Any,
+                  exc: EngineIOProtocolError | WSProtocolError) -> None:
+    """Tell a client that broke the protocol why (a close frame), rather than just drop it."""
+    log.info("protocol error", extra={"fields": {"sid": sock.sid, "error": str(exc)}})
+    frame = ws.close(exc.code if isinstance(exc, WSProtocolError) else PROTOCOL_ERROR)
+    if frame:
+        with trio.move_on_after(server.LINGER):
+            await _send_control(sock, ws, stream, [frame])
+        await server.linger(stream)
+
+
 async def read_websocket(server: EngineServer, sock: EngineSocket, ws: WSCodec, stream: Any) -> None:
-    """Read frames until the WebSocket or the session ends; messages go to the app inline."""
+    """Read frames of a WebSocket probing for (or carrying) a polling session's upgrade until the
+    WebSocket or the session ends; messages go to the app inline, the session's task writes."""
     core = sock.core
     reason = CloseReason.TRANSPORT_CLOSE
     control: list[bytes] = []  # frames the reader answers itself (pong, close, 3probe)
@@ -107,14 +172,8 @@ async def read_websocket(server: EngineServer, sock: EngineSocket, ws: WSCodec, 
             if sock._ws is ws and core.state is SessionState.CLOSING:
                 await trio.sleep_forever()  # until the session task has flushed its close
         except (EngineIOProtocolError, WSProtocolError) as exc:
-            log.info("protocol error", extra={"fields": {"sid": sock.sid, "error": str(exc)}})
             reason = CloseReason.PARSE_ERROR
-            # Tell the client why, rather than just drop it.
-            frame = ws.close(exc.code if isinstance(exc, WSProtocolError) else PROTOCOL_ERROR)
-            if frame:
-                with trio.move_on_after(server.LINGER):
-                    await _send_control(sock, ws, stream, [frame])
-                await server.linger(stream)
+            await _refuse(server, sock, ws, stream, exc)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
@@ -129,8 +188,8 @@ async def read_websocket(server: EngineServer, sock: EngineSocket, ws: WSCodec, 
                 apply(sock)
 
 
-async def _handle_read(server: EngineServer, sock: EngineSocket, ws: WSCodec, scope: trio.CancelScope, data: bytes,
-                       control: list[bytes]) -> None:
+async def _handle_read(server: EngineServer, sock: EngineSocket, ws: WSCodec, scope: trio.CancelScope | None,
+                       data: bytes, control: list[bytes]) -> None:
     """Hand the frames of one read to the session and the application, in order."""
     core = sock.core
     for kind, payload in ws.feed(data):
@@ -152,7 +211,7 @@ async def _handle_read(server: EngineServer, sock: EngineSocket, ws: WSCodec, sc
             control.append(ws.close(payload))  # echo its code (none: an empty close)
             raise _Done
         apply(sock)
-        if sock._ws is ws and sock._ws_scope is not scope:
+        if scope is not None and sock._ws is ws and sock._ws_scope is not scope:
             sock._ws_scope = scope  # adopted by the upgrade
         if msg is not None:
             await server.deliver(sock, msg)
