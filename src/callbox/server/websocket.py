@@ -10,6 +10,7 @@ that session, whose own task keeps writing and beating (:func:`read_websocket`).
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
 import h11
@@ -88,21 +89,39 @@ async def run_websocket_session(server: EngineServer, sock: EngineSocket, ws: WS
     core = sock.core
     reason = CloseReason.TRANSPORT_CLOSE
     control: list[bytes] = []  # frames the reader answers itself (pong, close)
+    fd = sock._fd  # -1 for TLS: read through the stream
     try:
         while core.state is not SessionState.CLOSED:
             if sock._leftover or core.has_output:
                 await flush_websocket(sock)  # a write was in flight, the kernel was full, TLS, or closing
                 continue
-            with trio.CancelScope(deadline=core.next_deadline()) as wait:
-                sock._wait_scope = wait  # woken (cancelled) when there is something to write
-                try:
-                    data = await stream.receive_some(server.RECEIVE_SIZE)
-                finally:
-                    sock._wait_scope = None
-            if wait.cancelled_caught:  # a deadline (ping, pong overdue) or a wake-up
-                core.handle_timeout(trio.current_time())
-                apply(sock)
-                continue
+            # Read what the socket already has without waiting or setting up a deadline (a client
+            # that keeps sending is read at the cost of one read each time); only an empty socket
+            # waits, until data comes, a heartbeat deadline passes, or a writer wakes us.
+            data = _read_now(fd, server.RECEIVE_SIZE) if fd >= 0 else None
+            if data is None:
+                with trio.CancelScope(deadline=core.next_deadline()) as wait:
+                    sock._wait_scope = wait  # woken (cancelled) when there is something to write
+                    try:
+                        if fd >= 0:
+                            await trio.lowlevel.wait_readable(fd)
+                        else:
+                            data = await stream.receive_some(server.RECEIVE_SIZE)
+                    finally:
+                        sock._wait_scope = None
+                if wait.cancelled_caught:  # a deadline (ping, pong overdue) or a wake-up
+                    core.handle_timeout(trio.current_time())
+                    apply(sock)
+                    continue
+                if data is None:
+                    continue  # readable now: read it at the top
+            else:
+                # Yield once per read, so that a client that never stops sending cannot keep the
+                # others waiting; and check the heartbeat, which no deadline watches meanwhile.
+                await trio.lowlevel.checkpoint()
+                if trio.current_time() >= core.next_deadline():
+                    core.handle_timeout(trio.current_time())
+                    apply(sock)
             if not data:
                 break
             with batched_writes():
@@ -131,6 +150,16 @@ async def run_websocket_session(server: EngineServer, sock: EngineSocket, ws: WS
         sock.lose(reason)
         with trio.CancelScope(shield=True):
             await server.session_ended(sock)
+
+
+def _read_now(fd: int, size: int) -> bytes | None:
+    """What the socket has, without waiting: None if nothing yet, b"" at its end (or a reset)."""
+    try:
+        return os.read(fd, size)
+    except BlockingIOError:
+        return None
+    except OSError:  # a reset is the client gone
+        return b""
 
 
 async def _refuse(server: EngineServer, sock: EngineSocket, ws: WSCodec, stream: Any,
