@@ -14,9 +14,10 @@ module's own folder is put on sys.path too, and test file names must be unique a
 Fast and slow: a test that needs more than this process carries a mark saying what (pyproject lists
 them): ``socket`` (callbox served on loopback in the test's own run: every test that uses the
 ``start_server`` or hardening's ``inproc`` fixture gets it here), ``process``, ``node``,
-``browser``, ``coturn``, ``redis`` (a module's ``pytestmark`` or a test's decorator). Any of them
-adds ``slow``, so ``pytest -m "not slow"`` runs the in-process tests alone, in seconds. A test
-without such a mark that starts a process or opens a connection fails, naming the mark to add.
+``browser``, ``coturn``, ``redis`` (a module's ``pytestmark`` or a test's decorator); so does
+``fuzz``, a long property-based run that stays in this process. Any of them adds ``slow``, so
+``pytest -m "not slow"`` runs the short in-process tests alone, in seconds. A test without such a
+mark that starts a process or opens a connection fails, naming the mark to add.
 """
 
 from __future__ import annotations
@@ -33,8 +34,8 @@ import callbox
 
 StartServer = Callable[..., Awaitable[int]]
 
-# What a test may need beyond this process, each a mark; any of them makes the test slow.
-NEEDS = ("socket", "process", "node", "browser", "coturn", "redis")
+# The marks that make a test slow: what it needs beyond this process, or a long fuzzing run.
+SLOW = ("socket", "process", "node", "browser", "coturn", "redis", "fuzz")
 # Fixtures that serve callbox on real loopback sockets in the test's own Trio run.
 SOCKET_FIXTURES = frozenset({"start_server", "inproc"})
 
@@ -44,7 +45,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SOCKET_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.socket)
-        if any(item.get_closest_marker(need) for need in NEEDS):
+        if any(item.get_closest_marker(mark) for mark in SLOW):
             item.add_marker(pytest.mark.slow)
 
 

@@ -11,6 +11,7 @@ import struct
 from typing import Any
 
 import msgspec
+import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,6 +22,8 @@ from callbox.server.wsframe import CLOSE, CODECS, PING, WSCodec, WSProtocolError
 from callbox.signalling import MemoryRegistry, Session, Signalling
 from callbox.signalling._payloads import AckError, AckOk
 from callbox.socketio import Decoder, SocketIOProtocolError
+
+pytestmark = pytest.mark.fuzz  # up to 1,500 examples a test: not in the fast set
 
 # -- signalling --------------------------------------------------------------------------------------
 
