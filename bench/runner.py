@@ -565,6 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":  # the table and the chart again, from a run's JSON
         out = Path(args.out) if args.out else BENCH / "results"
         data = json.loads((out / "latest.json").read_text())
+        data["targets"] = report.targets(data)  # against today's targets
         print(report.table(data))
         report.chart(data, out / "latest.png")
         return 0
