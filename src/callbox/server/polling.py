@@ -75,6 +75,7 @@ async def _client_left_waiting(conn: Connection, sock: EngineSocket) -> bool:
             nursery.cancel_scope.cancel()
 
         nursery.start_soon(watch)
+        assert sock._lot is not None  # a session polled is one made over polling
         while not sock.core.poll_ready:
             await sock._lot.park()
         nursery.cancel_scope.cancel()

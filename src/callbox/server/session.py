@@ -63,7 +63,8 @@ class EngineSocket:
         self.state: Any = None
         self._polling_born = core.state is SessionState.POLLING
         self._limited = False  # its rate limit has dropped packets (logged once)
-        self._lot = trio.lowlevel.ParkingLot()  # the session task and a pending poll wait here
+        # The session task and a pending poll wait here: only a session made over polling has them.
+        self._lot = trio.lowlevel.ParkingLot() if self._polling_born else None
         self._ws: WSCodec | None = None  # the WebSocket carrying the session, once it does
         self._stream: Any = None
         self._fd = -1  # its socket, for writes from the sender's task (-1: TLS, always the session task)
@@ -138,7 +139,8 @@ class EngineSocket:
 
     def wake(self) -> None:
         """Whoever runs this session (its task, its WebSocket's reader, a pending poll) has work."""
-        self._lot.unpark_all()
+        if self._lot is not None:
+            self._lot.unpark_all()
         if self._wait_scope is not None:
             self._wait_scope.cancel()
 
@@ -236,19 +238,20 @@ async def run_session(server: EngineServer, sock: EngineSocket) -> None:
             sock._ws_scope.cancel()
         if sock._probe is not None:
             sock._probe[2].cancel()
-        sock._lot.unpark_all()
+        sock.wake()
         with trio.CancelScope(shield=True):
             await server.session_ended(sock)
 
 
 async def _session_loop(sock: EngineSocket) -> None:
-    core = sock.core
+    core, lot = sock.core, sock._lot
+    assert lot is not None
     while core.state is not _CLOSED:
         if sock._ws is not None and (sock._leftover or core.has_output) and core.state is not SessionState.POLLING:
             await flush_websocket(sock)
             continue
         with trio.move_on_at(core.next_deadline()):
-            await sock._lot.park()
+            await lot.park()
         core.handle_timeout(trio.current_time())
         apply(sock)
 

@@ -75,7 +75,9 @@ class SocketIOSession:
         # Until a namespace is connected: the client is closed if none is by then.
         self.connect_by: float | None = now + connect_timeout
         self._next_ack_id = 0
-        self._acks: set[int] = set()  # ids of the server's events still waiting for the client's ack
+        # Ids of the server's events still waiting for the client's ack (made on first use: most
+        # clients are never asked for one).
+        self._acks: set[int] | None = None
 
     def receive(self, message: str | bytes) -> Packet | None:
         """One Engine.IO message; the packet it completes, or None (a binary packet waits for more).
@@ -132,21 +134,24 @@ class SocketIOSession:
         abandoned."""
         ack_id = self._next_ack_id
         self._next_ack_id = 0 if ack_id >= MAX_ACK_ID else ack_id + 1
+        if self._acks is None:
+            self._acks = set()
         self._acks.add(ack_id)
         return ack_id
 
     def ack_received(self, packet: Packet) -> bool:
         """An ACK from the client: True if it answers an id still pending (it is no longer)."""
         assert packet.type is PacketType.ACK or packet.type is PacketType.BINARY_ACK
-        if packet.id in self._acks:
+        if self._acks is not None and packet.id in self._acks:
             self._acks.discard(packet.id)
             return True
         return False  # late (after a timeout), or never asked: dropped
 
     def ack_abandoned(self, ack_id: int) -> None:
         """The server stopped waiting (timeout, or the socket went)."""
-        self._acks.discard(ack_id)
+        if self._acks is not None:
+            self._acks.discard(ack_id)
 
     @property
     def pending_acks(self) -> frozenset[int]:
-        return frozenset(self._acks)
+        return frozenset(self._acks or ())
