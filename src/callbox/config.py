@@ -78,7 +78,7 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     # its allowance is disconnected.
     event_rate: float = 100.0
     event_burst: int = 1000
-    # WebSocket framing: our own codec, or wsproto's (both pass tests/test_wsframe.py).
+    # WebSocket framing: our own codec, or wsproto's (both pass tests/server/test_wsframe.py).
     ws_codec: str = "callbox"
     # An offer or answer ({type, sdp}) as sent: browser SDPs run 3-20 KB (more with many codecs,
     # simulcast and data channels); 64 KiB fits any real one with room.

@@ -15,10 +15,10 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import pytest
+import socketio
 import trio
 
 import callbox
-import socketio  # python-socketio (ruff sorts it as ours: tests/socketio/ has the same name)
 
 T = TypeVar("T")
 

@@ -3,7 +3,7 @@
 The shell only needs: feed the bytes read, get whole messages, pings and a close back; turn
 outgoing messages, pongs and a close into bytes. :class:`FrameCodec` does that in a few dozen lines
 of straight-line Python (unmasking is one big-integer XOR); :class:`WsprotoCodec` does it with
-wsproto's ``Connection``. The frame conformance tests (tests/test_wsframe.py) run against both;
+wsproto's ``Connection``. The frame conformance tests (tests/server/test_wsframe.py) run against both;
 ``--ws-codec`` chooses (bench/README.md has the figures that made FrameCodec the default).
 
 Violations raise :class:`WSProtocolError` with the close code to answer (1002 protocol error,
