@@ -94,12 +94,11 @@ class Socket:
         """Send an event to this client. False if it is gone (nothing was sent).
 
         From the connect handler, events wait for the CONNECT answer and follow it."""
-        messages = _event_messages(self.namespace.name, event, args, None)
         if self.client.sockets.get(self.namespace.name) is self:
-            return self.client.send_packet(messages)
+            return self.client.send_packet(_event_messages(self.namespace.name, event, args, None))
         if self._early is None:
             return False
-        self._early.append(messages)
+        self._early.append(_event_messages(self.namespace.name, event, args, None))
         return True
 
     def send_raw(self, encoded: list[str | bytes]) -> bool:
