@@ -67,8 +67,7 @@ async def open_websocket(
         opening = sock.core.handshake_packet(upgrades=[], max_payload=cfg.max_payload)
         await stream.send_all(head + ws.message(opening))  # the 101 and the open packet: one write
         sock.carry(ws, stream)
-        await server.start_session(sock)
-        return sock, ws
+        return sock, ws  # run_websocket_session starts it, inside the try that ends it
     await stream.send_all(head)
     try:
         sock.core.begin_upgrade(trio.current_time())
@@ -91,6 +90,7 @@ async def run_websocket_session(server: EngineServer, sock: EngineSocket, ws: WS
     control: list[bytes] = []  # frames the reader answers itself (pong, close)
     fd = sock._fd  # -1 for TLS: read through the stream
     try:
+        await server.start_session(sock)
         while core.state is not SessionState.CLOSED:
             if sock._leftover or core.has_output:
                 await flush_websocket(sock)  # a write was in flight, the kernel was full, TLS, or closing
