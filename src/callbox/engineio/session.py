@@ -50,6 +50,7 @@ from .packet import (
 )
 
 __all__ = [
+    "Beat",
     "CloseReason",
     "Effect",
     "EngineSession",
@@ -131,10 +132,17 @@ class Heartbeat(enum.Enum):
     AWAITING_PONG = "awaiting pong"  # the session is lost at the deadline
 
 
-HEARTBEAT: dict[tuple[Heartbeat, str], Heartbeat] = {
-    (Heartbeat.WAITING, "deadline"): Heartbeat.AWAITING_PONG,  # a ping is queued
-    (Heartbeat.WAITING, "pong"): Heartbeat.WAITING,  # unsolicited: changes nothing
-    (Heartbeat.AWAITING_PONG, "pong"): Heartbeat.WAITING,  # next ping ping_interval from now
+class Beat(enum.Enum):
+    """What can happen to the heartbeat (the columns of ``HEARTBEAT``)."""
+
+    DEADLINE = "its deadline passed"
+    PONG = "a pong came"
+
+
+HEARTBEAT: dict[tuple[Heartbeat, Beat], Heartbeat] = {
+    (Heartbeat.WAITING, Beat.DEADLINE): Heartbeat.AWAITING_PONG,  # a ping is queued
+    (Heartbeat.WAITING, Beat.PONG): Heartbeat.WAITING,  # unsolicited: changes nothing
+    (Heartbeat.AWAITING_PONG, Beat.PONG): Heartbeat.WAITING,  # next ping ping_interval from now
     # (AWAITING_PONG, "deadline") has no row: the session is lost instead.
 }
 
@@ -266,10 +274,10 @@ class EngineSession:
         old, self.state = self.state, new
         return old
 
-    def _beat(self, what: str) -> None:
+    def _beat(self, what: Beat) -> None:
         new = HEARTBEAT.get((self.heartbeat, what))
         if new is None:
-            raise IllegalTransition(f"heartbeat {self.heartbeat.value}: {what}")
+            raise IllegalTransition(f"heartbeat {self.heartbeat.value}: {what.value}")
         self.heartbeat = new
 
     @property
@@ -348,14 +356,14 @@ class EngineSession:
             if self.heartbeat is Heartbeat.AWAITING_PONG:
                 self.lost(CloseReason.PING_TIMEOUT)
                 return
-            self._beat("deadline")
+            self._beat(Beat.DEADLINE)
             self._heartbeat_at = now + self.ping_timeout
             self._enqueue(_PING, 1)
 
     def _pong(self, now: float) -> None:
         if self.heartbeat is Heartbeat.AWAITING_PONG:
             self._heartbeat_at = now + self.ping_interval
-        self._beat("pong")
+        self._beat(Beat.PONG)
 
     # -- outbox -------------------------------------------------------------------------------
 

@@ -25,10 +25,8 @@ what the handlers before it in the same read queued, never more.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +38,7 @@ from .wsframe import WSCodec
 if TYPE_CHECKING:
     from .engine import EngineServer
 
-__all__ = ["EngineSocket", "apply", "batched_writes", "flush_websocket", "run_session"]
+__all__ = ["EngineSocket", "apply", "batched_writes", "flush_websocket", "run_session", "tick"]
 
 log = logging.getLogger("callbox.engine")
 
@@ -145,34 +143,37 @@ class EngineSocket:
             self._wait_scope.cancel()
 
 
-class _Batch(list["EngineSocket"]):
-    """The sockets a reader's handlers sent to while it handles one read."""
+class batched_writes:  # lower case: it reads as a function, ``with batched_writes():``
+    """Within this block, WebSocket output the current task sends is written at its end: the
+    sockets its handlers sent to are gathered, then each written once. A class rather than a
+    generator-based context manager: it is entered once per read on the hot path."""
 
-    __slots__ = ("open",)
+    __slots__ = ("sockets", "open", "_token")
 
     def __init__(self) -> None:
-        super().__init__()
+        self.sockets: list[EngineSocket] = []
         self.open = True
+
+    def __enter__(self) -> None:
+        self._token = _BATCH.set(self)
+
+    def __exit__(self, *exc_info: object) -> None:
+        _BATCH.reset(self._token)
+        self.open = False
+        for sock in self.sockets:
+            sock._batched = False
+            _write_or_wake(sock)
 
 
 # The batch of the current task, if it is a reader handling one read. A ContextVar, so it is the
 # reader's own; a task started meanwhile inherits it, and writes at once once the batch is done.
-_BATCH: ContextVar[_Batch | None] = ContextVar("callbox_write_batch", default=None)
+_BATCH: ContextVar[batched_writes | None] = ContextVar("callbox_write_batch", default=None)
 
 
-@contextlib.contextmanager
-def batched_writes() -> Iterator[None]:
-    """Within this block, WebSocket output the current task sends is written at its end."""
-    batch = _Batch()
-    token = _BATCH.set(batch)
-    try:
-        yield
-    finally:
-        _BATCH.reset(token)
-        batch.open = False
-        for sock in batch:
-            sock._batched = False
-            _write_or_wake(sock)
+def tick(sock: EngineSocket) -> None:
+    """Act on the session's deadlines as of now (ping due, pong overdue, close or upgrade timed out)."""
+    sock.core.handle_timeout(trio.current_time())
+    apply(sock)
 
 
 def _write_or_wake(sock: EngineSocket) -> None:
@@ -201,7 +202,7 @@ def apply(sock: EngineSocket) -> None:
                 _write_or_wake(sock)
             elif not sock._batched:
                 sock._batched = True
-                batch.append(sock)
+                batch.sockets.append(sock)
         elif effect is Effect.LOST:
             sock.wake()
             if sock._write_scope is not None:
@@ -252,8 +253,7 @@ async def _session_loop(sock: EngineSocket) -> None:
             continue
         with trio.move_on_at(core.next_deadline()):
             await lot.park()
-        core.handle_timeout(trio.current_time())
-        apply(sock)
+        tick(sock)
 
 
 async def flush_websocket(sock: EngineSocket) -> None:

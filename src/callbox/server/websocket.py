@@ -18,7 +18,7 @@ import trio
 
 from ..engineio import CloseReason, EngineIOProtocolError, SessionState
 from .routing import UNKNOWN_SID, HTTPError, websocket_key
-from .session import EngineSocket, apply, batched_writes, flush_websocket
+from .session import EngineSocket, apply, batched_writes, flush_websocket, tick
 from .wsframe import (
     BINARY,
     CLOSE,
@@ -110,8 +110,7 @@ async def run_websocket_session(server: EngineServer, sock: EngineSocket, ws: WS
                     finally:
                         sock._wait_scope = None
                 if wait.cancelled_caught:  # a deadline (ping, pong overdue) or a wake-up
-                    core.handle_timeout(trio.current_time())
-                    apply(sock)
+                    tick(sock)
                     continue
                 if data is None:
                     continue  # readable now: read it at the top
@@ -120,8 +119,7 @@ async def run_websocket_session(server: EngineServer, sock: EngineSocket, ws: WS
                 # others waiting; and check the heartbeat, which no deadline watches meanwhile.
                 await trio.lowlevel.checkpoint()
                 if trio.current_time() >= core.next_deadline():
-                    core.handle_timeout(trio.current_time())
-                    apply(sock)
+                    tick(sock)
             if not data:
                 break
             with batched_writes():
