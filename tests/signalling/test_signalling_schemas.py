@@ -9,6 +9,7 @@ from pathlib import Path
 from _paths import PROTOCOL
 from callbox.signalling import CALL_TRANSITIONS, USER_TRANSITIONS, ErrorCode, schemas
 from callbox.signalling._payloads import CLIENT_EVENTS
+from callbox.signalling._state import Outcome
 
 SCHEMAS = PROTOCOL / "schemas"
 REGENERATE = ".venv/bin/python -m callbox.signalling.schemas protocol/schemas"
@@ -65,8 +66,6 @@ def test_the_protocol_document_lists_exactly_the_transitions() -> None:
 def test_call_ended_reasons_are_the_outcomes_told_with_call_ended() -> None:
     """The server sends an outcome's name as call:ended's reason; the schema must list exactly those
     (a rejected call gets call:rejected, a timed-out one call:timeout)."""
-    from callbox.signalling._state import Outcome
-
     schema = json.loads((SCHEMAS / "server.call-ended.json").read_text())
     reasons = schema["$defs"]["CallEnded"]["properties"]["reason"]["enum"]
     assert set(reasons) == {o.value for o in Outcome} - {Outcome.REJECTED.value, Outcome.TIMEOUT.value}
