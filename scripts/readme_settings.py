@@ -10,8 +10,11 @@ HEAD = "| flag / environment | default | meaning |\n|---|---|---|\n"
 defaults = Config()
 rows = []
 for s in SETTINGS:
-    shown = s.shown(getattr(defaults, s.name))
-    rows.append(f"| `{s.flag}` / `{s.env}` | `{shown}`{UNITS.get(s.unit, '')} | {s.help} |")
+    if s.command_default:
+        default = s.command_default
+    else:
+        default = f"`{s.shown(getattr(defaults, s.name))}`{UNITS.get(s.unit, '')}"
+    rows.append(f"| `{s.flag}` / `{s.env}` | {default} | {s.help} |")
 readme = pathlib.Path(__file__).parents[1] / "README.md"
 text = readme.read_text()
 start = text.index(HEAD) + len(HEAD)

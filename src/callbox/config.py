@@ -99,6 +99,21 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     # How long issued TURN credentials stay valid; a call longer than this loses its relay on the
     # next allocation refresh, so a day is the usual choice.
     turn_ttl: int = 86400
+    # Seconds a call waits for a party whose connection was lost without a goodbye (a network
+    # blip, a dead peer); 0: the call ends at once, as it did before.
+    reconnect_grace: float = 30.0
+    # Socket.IO connection state recovery (socket.io-client >= 4.6): how long a socket whose
+    # connection was lost may be taken back, with its id, rooms, state and the events it missed.
+    # 0: off, and the wire is as it was. Off in the Python API (as in Node's); the callbox command
+    # turns it on with reconnect_grace's length unless it is given.
+    recovery_window: float = 0.0
+    # What is kept for it per socket, and per away user for the reconnect grace.
+    recovery_max_events: int = 1000
+    recovery_max_bytes: int = 1 << 20
+    # Recovery attempts naming an unknown socket, per client address (token bucket): past them,
+    # every recovery attempt from that address gets a fresh socket, so guessing ids gets nowhere.
+    recovery_attempts_burst: int = 20
+    recovery_attempts_per_minute: float = 10.0
 
     def __post_init__(self) -> None:
         for s in SETTINGS:
@@ -126,6 +141,10 @@ def _positive(v: float) -> bool:
     return v > 0 and math.isfinite(v)
 
 
+def _non_negative(v: float) -> bool:
+    return v >= 0 and math.isfinite(v)
+
+
 @dataclass(frozen=True)
 class Setting:
     name: str
@@ -134,6 +153,7 @@ class Setting:
     valid: Callable[[Any], bool] | None = None
     rule: str = ""
     secret: bool = False  # never echoed in errors or logs
+    command_default: str = ""  # the callbox command's default, where it is not Config's
 
     @property
     def flag(self) -> str:
@@ -148,6 +168,12 @@ class Setting:
         if value in ("", ()):
             return "none"
         return ",".join(value) if isinstance(value, tuple) else str(value)
+
+    def default_text(self, value: Any) -> str:
+        """The default as --help and the README show it (``value``: Config's)."""
+        if self.command_default:
+            return self.command_default
+        return self.shown(value) + (f" {self.unit}" if self.unit else "")
 
     def check(self, value: Any) -> None:
         if self.valid is not None and not self.valid(value):
@@ -202,6 +228,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("turn_urls", "TURN server URLs given to clients, comma separated"),
     Setting("stun_urls", "STUN server URLs given to clients, comma separated"),
     Setting("turn_ttl", "lifetime of issued TURN credentials", "s", lambda v: 60 <= v <= 7 * 86400, "60 s-7 days"),
+    Setting("reconnect_grace", "seconds a call waits for a party whose connection was lost (0: none)", "s",
+            _non_negative, ">= 0"),
+    Setting("recovery_window", "seconds a lost Socket.IO socket may be recovered (0: off)", "s", _non_negative,
+            ">= 0", command_default="same as --reconnect-grace"),
+    Setting("recovery_max_events", "events kept per socket for recovery, and per away user", "",
+            lambda v: v >= 1, ">= 1"),
+    Setting("recovery_max_bytes", "bytes kept per socket for recovery, and per away user", "bytes",
+            lambda v: v >= 1024, ">= 1024"),
+    Setting("recovery_attempts_burst", "recovery attempts naming an unknown socket an address may make at once",
+            "", lambda v: v >= 1, ">= 1"),
+    Setting("recovery_attempts_per_minute", "such attempts an address regains per minute", "/min", _positive, "> 0"),
 )
 
 
@@ -281,13 +318,12 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
     parser.add_argument("--config", metavar="FILE", help="TOML file of settings (env CALLBOX_CONFIG)")
     for s in SETTINGS:
         default = getattr(defaults, s.name)
-        unit = f" {s.unit}" if s.unit else ""
         parser.add_argument(
             s.flag,
             dest=s.name,
             metavar=s.name.upper(),
             default=None,
-            help=f"{s.help} (default: {s.shown(default)}{unit}; env {s.env})",
+            help=f"{s.help} (default: {s.default_text(default)}; env {s.env})",
         )
     ns = parser.parse_args(argv)
     config_file = ns.config or environ.get("CALLBOX_CONFIG")
@@ -299,4 +335,5 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
             raw = environ.get(s.env)
         if raw is not None:
             values[s.name] = _convert(s, raw, default)
+    values.setdefault("recovery_window", values.get("reconnect_grace", defaults.reconnect_grace))
     return Config(**values)

@@ -35,6 +35,11 @@ class RateLimiter:
         self._buckets[key] = (tokens, now)
         return allowed
 
+    def allows(self, key: str, now: float, burst: int, rate: float) -> bool:
+        """Whether ``key`` has a token at ``now``, without taking it."""
+        tokens, then = self._buckets.get(key, (float(burst), now))
+        return refill(tokens, then, now, burst, rate) >= 1.0
+
     def _sweep(self, now: float, burst: int, rate: float) -> None:
         if now < self._next_sweep:
             return

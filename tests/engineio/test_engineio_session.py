@@ -250,7 +250,7 @@ def test_close_from_client_over_polling_releases_pending_get_with_noop() -> None
     s = make()
     s.begin_poll(T0)
     assert s.receive_payload(b"4a\x1e1\x1e4b", T0) == ["a"]  # nothing after the close
-    assert s.state is S.CLOSED and s.close_reason is CloseReason.TRANSPORT_CLOSE
+    assert s.state is S.CLOSED and s.close_reason is CloseReason.CLIENT_CLOSE
     assert s.poll_ready
     assert s.finish_poll() == b"6"
     with pytest.raises(EngineIOProtocolError):  # later requests: 400
@@ -264,7 +264,7 @@ def test_close_from_client_over_websocket() -> None:
     s = make(websocket=True)
     s.send("queued")
     assert s.receive_ws_text("1", T0) == (None, None)
-    assert s.state is S.CLOSED and s.close_reason is CloseReason.TRANSPORT_CLOSE
+    assert s.state is S.CLOSED and s.close_reason is CloseReason.CLIENT_CLOSE
     assert not s.has_output
     assert s.next_deadline() == math.inf
     assert s.receive_ws_text("4late", T0) == (None, None)

@@ -121,7 +121,11 @@ class User {
   async join(userId = this.name) {
     await this.connected();
     this.emit("user:join", { userId });
-    assert.deepEqual(await this.next("user:joined"), { userId, socketId: this.socket.id });
+    const { resumeToken, ...joined } = await this.next("user:joined");
+    assert.deepEqual(joined, { userId, socketId: this.socket.id });
+    // with a reconnect grace (the default), a secret to resume this session from a new connection
+    if (resumeToken !== undefined) assert.match(resumeToken, /^[A-Za-z0-9_-]{16,}$/);
+    this.resumeToken = resumeToken;
     return this;
   }
 
@@ -249,7 +253,9 @@ const scenarios = {
     await bob.next("call:offer");
     await live;
     child.kill("SIGKILL");
-    // the server sees the TCP connection drop (or, over polling, the client miss its heartbeat)
+    // the server sees the TCP connection drop (or, over polling, the client miss its heartbeat);
+    // the call waits for alice through the reconnect grace, then ends
+    assert.deepEqual(await bob.next("call:reconnecting", 15000), { callId: incoming.callId, userId: "alice" });
     assert.deepEqual(await bob.next("call:ended", 15000), {
       callId: incoming.callId,
       by: "alice",

@@ -444,7 +444,7 @@ async def test_disconnect_reasons(start_server: StartServer, nursery: trio.Nurse
 
     # What the server saw.
     assert gone[ids["root"]] == "client namespace disconnect"
-    assert gone[closing] == "transport close"
+    assert gone[closing] == "client close"  # socket.io.engine.close(): a close packet or frame
     assert gone[kicked] == "server namespace disconnect"
     assert gone[ids["admin"]] == "transport close"
     assert not app.of("/").sockets and not app.of("/admin").sockets

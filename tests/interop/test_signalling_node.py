@@ -93,7 +93,7 @@ async def test_rate_limit(start_server: StartServer) -> None:
 async def test_peer_killed_mid_call(start_server: StartServer, mode: str) -> None:
     # Over polling the server notices the dead peer by its aborted GET or, at worst, its missed
     # heartbeat: short pings keep that within the scenario's wait.
-    port, signalling = await serve(start_server, ping_interval=1, ping_timeout=1)
+    port, signalling = await serve(start_server, ping_interval=1, ping_timeout=1, reconnect_grace=1)
     await run_scenario(port, "killed", mode)
     await settled(signalling)
 

@@ -98,8 +98,7 @@ def test_help_lists_every_setting_with_default_and_version() -> None:
 
     out = " ".join(run_fail("--help", env={"COLUMNS": "1000"}).stdout.split())  # one line per flag
     for setting in SETTINGS:
-        unit = f" {setting.unit}" if setting.unit else ""
-        shown = f"(default: {setting.shown(getattr(Config(), setting.name))}{unit}; env {setting.env})"
+        shown = f"(default: {setting.default_text(getattr(Config(), setting.name))}; env {setting.env})"
         assert setting.flag in out and shown in out, shown
     assert "(default: 25.0 s; env CALLBOX_PING_INTERVAL)" in out
     version = run_fail("--version")

@@ -394,7 +394,7 @@ async def test_client_close_packet_over_polling(start_server: Any) -> None:
     assert (resp.status, resp.body) == (200, b"6")
     await pending.aclose()
     await wait_session_gone(port, sid)
-    assert app.closed == [(sid, callbox.CloseReason.TRANSPORT_CLOSE)]
+    assert app.closed == [(sid, callbox.CloseReason.CLIENT_CLOSE)]
 
 
 async def test_binary_over_polling(start_server: Any) -> None:
@@ -480,7 +480,7 @@ async def test_socketio_disconnect_reasons_over_polling(start_server: Any) -> No
     await wait_session_gone(port, sid)
     assert await disconnects.wait_for(2, SETTLE) == [
         ("/admin", "client namespace disconnect"),
-        ("/", "transport close"),
+        ("/", "client close"),
     ]
 
 
@@ -495,10 +495,10 @@ async def test_socketio_disconnect_reasons_over_websocket(start_server: Any, nur
     await ws_send(ws, '421["echo","x"]')  # the session and "/" are still up
     assert await ws_recv(ws) == '431["x"]'
     assert disconnects.items == [("/admin", "client namespace disconnect")]
-    await ws.aclose()  # the WebSocket goes, without an Engine.IO close
+    await ws.aclose()  # the WebSocket's close frame, without an Engine.IO close: a goodbye all the same
     assert await disconnects.wait_for(2, SETTLE) == [
         ("/admin", "client namespace disconnect"),
-        ("/", "transport close"),
+        ("/", "client close"),
     ]
 
 

@@ -33,6 +33,11 @@ USER_EDGES = {
     (U.ONLINE, UE.CALL_START): U.IN_CALL,
     (U.IN_CALL, UE.CALL_END): U.ONLINE,
     (U.ONLINE, UE.LEAVE): U.OFFLINE,
+    (U.IN_CALL, UE.DETACH): U.RECONNECTING,
+    (U.RECONNECTING, UE.RETURN): U.IN_CALL,
+    (U.RECONNECTING, UE.CALL_END): U.AWAY,
+    (U.AWAY, UE.RETURN): U.ONLINE,
+    (U.AWAY, UE.LEAVE): U.OFFLINE,
 }
 LIVE = (C.RINGING, C.CONNECTING, C.CONNECTED)
 CALL_EDGES = {
@@ -215,7 +220,7 @@ async def test_registry_take_over() -> None:
     assert joined.replaced_socket == "sa"
     assert joined.ended is not None and (joined.ended.outcome, joined.ended.by) == (Outcome.REPLACED, "alice")
     assert joined.user == reg.users["alice"]
-    assert msgspec.structs.astuple(reg.users["alice"]) == ("alice", "sa2", U.ONLINE, None)
+    assert msgspec.structs.astuple(reg.users["alice"]) == ("alice", "sa2", U.ONLINE, None, None)
     assert reg.users["bob"].state is U.ONLINE and reg.calls == {}
     # the replaced session's own leave is too late to matter
     assert await reg.leave("alice", "sa") is None

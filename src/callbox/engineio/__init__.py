@@ -9,6 +9,7 @@ from .packet import (
     encode_text_packet,
 )
 from .session import (
+    CONNECTION_LOST,
     CloseReason,
     Effect,
     EngineSession,
@@ -20,6 +21,7 @@ from .session import (
 )
 
 __all__ = [
+    "CONNECTION_LOST",
     "CloseReason",
     "Effect",
     "EngineIOProtocolError",

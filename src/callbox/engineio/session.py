@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import enum
 import math
+from typing import Final
 
 import msgspec
 
@@ -50,6 +51,7 @@ from .packet import (
 )
 
 __all__ = [
+    "CONNECTION_LOST",
     "Beat",
     "CloseReason",
     "Effect",
@@ -154,7 +156,8 @@ class IllegalTransition(RuntimeError):
 class CloseReason(enum.Enum):
     """Why a session ended; the Socket.IO layer passes these on as disconnect reasons."""
 
-    TRANSPORT_CLOSE = "transport close"  # the client closed, or its connection went away
+    CLIENT_CLOSE = "client close"  # the client said goodbye: a close packet, or a WebSocket close frame
+    TRANSPORT_CLOSE = "transport close"  # the connection went away without a goodbye (EOF, reset)
     TRANSPORT_ERROR = "transport error"  # the client broke the transport's rules
     PING_TIMEOUT = "ping timeout"
     PARSE_ERROR = "parse error"  # a packet that is not Engine.IO / Socket.IO
@@ -162,6 +165,14 @@ class CloseReason(enum.Enum):
     RATE_LIMITED = "rate limited"  # the client kept sending far past its rate limit
     FORCED_CLOSE = "forced close"  # the application closed it
     SERVER_SHUTDOWN = "server shutting down"
+    RECOVERED_ELSEWHERE = "recovered elsewhere"  # its socket was taken back by a newer connection
+
+
+# The connection went without the client saying goodbye: a network blip, a dead peer. The client
+# may come back; everything else is a leave (the client's, or the server's decision).
+CONNECTION_LOST: Final = frozenset(
+    {CloseReason.TRANSPORT_CLOSE, CloseReason.TRANSPORT_ERROR, CloseReason.PING_TIMEOUT}
+)
 
 
 class Sent(enum.Enum):
@@ -430,7 +441,7 @@ class EngineSession:
                 raise EngineIOProtocolError("pong on a WebSocket that is still probing")
             self._pong(now)
         elif ptype is PacketType.CLOSE:
-            self.lost(CloseReason.TRANSPORT_CLOSE)
+            self.lost(CloseReason.CLIENT_CLOSE)
         elif ptype is PacketType.NOOP:
             pass
         else:

@@ -4,6 +4,13 @@ This is an Engine.IO application (see :mod:`callbox.server.engine`). Handlers ru
 task that read the message, so one client's events are handled in order and no task is spawned
 per message. A handler that wants to wait for something the same client sends (an ack from
 ``await socket.call(...)``) must do so from another task: ``app.start_soon(...)``.
+
+With ``recovery_window`` set (connection state recovery, :mod:`callbox.socketio.recovery`), a
+socket whose connection is lost is **detached** rather than ended: it keeps its id, rooms and
+state, what is emitted to it is kept, and ``on_detach`` handlers run. A client that comes back
+within the window with its pid takes it back (``on_recover`` handlers run, ``socket.recovered``);
+otherwise the window's end ends it and the disconnect handlers run with the original reason. A
+socket has one owner at a time: its client's connection, or (detached) its window's task.
 """
 
 from __future__ import annotations
@@ -13,14 +20,16 @@ import inspect
 import logging
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 import trio
 
 from ..config import Config
-from ..engineio import CloseReason
+from ..engineio import CONNECTION_LOST, CloseReason
+from ..metrics import Counter
 from ..metrics import Registry as MetricsRegistry
+from ..ratelimit import RateLimiter
 from ..socketio import (
     Packet,
     PacketType,
@@ -29,6 +38,7 @@ from ..socketio import (
     encode_packet,
     has_binary,
 )
+from ..socketio.recovery import RecoveryBuffer, missed_offset
 from ..socketio.session import SocketIOSession
 from .session import EngineSocket
 
@@ -39,6 +49,12 @@ log = logging.getLogger("callbox.socketio")
 _json = msgspec.json.Decoder()
 
 Handler = Callable[..., Any]
+
+# How a connection may end and its sockets still be recovered: it was lost, or the client closed it
+# itself (socket.io-client's ``socket.io.engine.close()``); not when either side left on purpose.
+RECOVERABLE: Final = CONNECTION_LOST | {CloseReason.CLIENT_CLOSE}
+# Why a recovery attempt got a fresh socket (the recoveries metric's results).
+RECOVERY_RESULTS: Final = ("recovered", "unknown", "expired_offset", "throttled", "declined")
 
 
 class ConnectionRefused(Exception):
@@ -63,10 +79,22 @@ class Socket:
     """One client connected to one namespace. ``id`` is its Socket.IO socket id (not the Engine.IO
     session id, which the client never needs)."""
 
-    __slots__ = ("ack_requested", "auth", "client", "id", "namespace", "rooms", "state", "_early")
+    __slots__ = ("ack_requested", "auth", "client", "id", "namespace", "pid", "recovered", "recovering", "rooms",
+                 "state", "_early", "_expiry", "_kept")
 
     def __init__(self, namespace: Namespace, client: _Client, auth: Any) -> None:
         self.id = secrets.token_urlsafe(15)
+        # Connection state recovery: the private id the client reconnects with, and what it was sent.
+        recovery = client.server.config.recovery_window > 0
+        self.pid = secrets.token_urlsafe(16) if recovery else None
+        self._kept = RecoveryBuffer() if recovery else None
+        # True once taken back by a reconnecting client. In a connect handler, ``recovering`` is the
+        # detached socket this connection asks to take back (set it to None to decline: the client
+        # gets this fresh socket instead).
+        self.recovered = False
+        self.recovering: Socket | None = None
+        # While detached: the scope of the task that ends it when the recovery window passes.
+        self._expiry: trio.CancelScope | None = None
         self.namespace = namespace
         self.client = client
         self.auth = auth
@@ -76,11 +104,16 @@ class Socket:
         # the handler's return value is then the ack.
         self.ack_requested = False
         # What the connect handler emits, sent right after the CONNECT answer (dropped if it refuses).
-        self._early: list[list[str | bytes]] | None = []
+        self._early: list[tuple[str, tuple[Any, ...]]] | None = []
 
     @property
     def connected(self) -> bool:
         return self.client.sockets.get(self.namespace.name) is self
+
+    @property
+    def detached(self) -> bool:
+        """Its connection was lost and the recovery window runs: what is emitted to it is kept."""
+        return self._expiry is not None
 
     @property
     def transport(self) -> str:
@@ -93,16 +126,36 @@ class Socket:
     def emit(self, event: str, *args: Any) -> bool:
         """Send an event to this client. False if it is gone (nothing was sent).
 
-        From the connect handler, events wait for the CONNECT answer and follow it."""
-        if self.client.sockets.get(self.namespace.name) is self:
+        From the connect handler, events wait for the CONNECT answer and follow it. To a detached
+        socket, they are kept for the client's return (False past the recovery limits: the
+        socket then ends)."""
+        connected = self.client.sockets.get(self.namespace.name) is self
+        if not connected and self._expiry is None:
+            if self._early is None:
+                return False
+            self._early.append((event, args))
+            return True
+        kept = self._kept
+        if kept is None:
             return self.client.send_packet(_event_messages(self.namespace.name, event, args, None))
-        if self._early is None:
+        messages = _event_messages(self.namespace.name, event, (*args, kept.next_offset()), None)
+        config = self.client.server.config
+        fits = kept.keep(messages, trio.current_time(), max_events=config.recovery_max_events,
+                         max_bytes=config.recovery_max_bytes,
+                         keep_for=2 * (config.ping_interval + config.ping_timeout) if connected else None)
+        if connected:
+            return self.client.send_packet(messages)
+        if not fits:
+            assert self._expiry is not None
+            self._expiry.cancel()  # past what is kept for a detached socket: it ends now
             return False
-        self._early.append(_event_messages(self.namespace.name, event, args, None))
         return True
 
     def send_raw(self, encoded: list[str | bytes]) -> bool:
-        """Send an already encoded packet (fan-out encodes once for all its targets)."""
+        """Send an already encoded packet (fan-out encodes once for all its targets; not with
+        recovery on, where each socket's events carry its own offsets)."""
+        if self._kept is not None:
+            raise RuntimeError("send_raw() cannot give the event its offset with recovery on: use emit()")
         return self.client.sockets.get(self.namespace.name) is self and self.client.send_packet(encoded)
 
     async def call(self, event: str, *args: Any, timeout: float | None = None) -> tuple[Any, ...]:  # noqa: ASYNC109
@@ -139,10 +192,14 @@ class Socket:
                     del self.namespace.rooms[room]
 
     async def disconnect(self) -> None:
-        """Disconnect this socket from its namespace (the Engine.IO session stays open)."""
+        """Disconnect this socket from its namespace (the Engine.IO session stays open). A detached
+        socket ends at once (it cannot be recovered any more)."""
         if self.connected:
             self.client.send_packet([encode_packet(PacketType.DISCONNECT, self.namespace.name)])
             await self.client.remove_socket(self.namespace.name, DisconnectReason.SERVER_DISCONNECT)
+        elif self._expiry is not None:
+            self._expiry = None
+            await _end_socket(self, DisconnectReason.SERVER_DISCONNECT)
 
 
 def _event_messages(namespace: str, event: str, args: Iterable[Any], ack_id: int | None) -> list[str | bytes]:
@@ -157,11 +214,14 @@ class Namespace:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.sockets: dict[str, Socket] = {}
+        self.sockets: dict[str, Socket] = {}  # connected and detached ones
+        self.by_pid: dict[str, Socket] = {}  # with recovery on: the same sockets, by private id
         self.rooms: collections.defaultdict[str, set[Socket]] = collections.defaultdict(set)
         self._handlers: dict[str, tuple[Handler, bool]] = {}
         self._connect: Handler | None = None
         self._disconnect: Handler | None = None
+        self._detach: Handler | None = None
+        self._recover: Handler | None = None
         self._any: Handler | None = None
 
     # -- registering handlers -------------------------------------------------------------------
@@ -190,18 +250,37 @@ class Namespace:
         return fn
 
     def on_disconnect(self, fn: Handler) -> Handler:
-        """``handler(socket, reason)``."""
+        """``handler(socket, reason)``: the socket has ended (with recovery on: left on purpose,
+        or its recovery window passed; ``reason`` is then the one its connection was lost for)."""
         self._disconnect = fn
+        return fn
+
+    def on_detach(self, fn: Handler) -> Handler:
+        """``handler(socket, reason)``: with recovery on, the socket's connection was lost (or the
+        client closed it) and its recovery window starts."""
+        self._detach = fn
+        return fn
+
+    def on_recover(self, fn: Handler) -> Handler:
+        """``handler(socket)``: a detached socket was taken back by its client, after the CONNECT
+        answer and the events it missed were sent."""
+        self._recover = fn
         return fn
 
     # -- emitting -------------------------------------------------------------------------------
 
     def emit(self, event: str, *args: Any, room: str | None = None, skip: Socket | None = None) -> int:
-        """Send to every socket (or those in ``room``) but ``skip``; encoded once. Returns the count."""
-        encoded = _event_messages(self.name, event, args, None)
-        targets = self.sockets.values() if room is None else list(self.rooms.get(room, ()))
+        """Send to every socket (or those in ``room``) but ``skip``; encoded once (with recovery on,
+        once per socket, each with its own offset). Returns the count."""
+        targets = list(self.sockets.values() if room is None else self.rooms.get(room, ()))
         sent = 0
-        for sock in list(targets):
+        if targets and targets[0]._kept is not None:
+            for sock in targets:
+                if sock is not skip and sock.emit(event, *args):
+                    sent += 1
+            return sent
+        encoded = _event_messages(self.name, event, args, None)
+        for sock in targets:
             if sock is not skip and sock.send_raw(encoded):
                 sent += 1
         return sent
@@ -237,20 +316,53 @@ class _Client:
 
     async def remove_socket(self, namespace: str, reason: str) -> None:
         """The namespace ends (the client's DISCONNECT, the server's, or the session's end): its
-        socket leaves its rooms and the disconnect handler runs. A namespace still being decided
-        is forgotten (its connect handler's verdict will change nothing)."""
+        socket ends. A namespace still being decided is forgotten (its connect handler's verdict
+        will change nothing)."""
+        if self.core.disconnect(namespace):
+            await _end_socket(self.sockets.pop(namespace), reason)
+
+    async def detach_socket(self, namespace: str, reason: CloseReason) -> None:
+        """The session's connection was lost: its socket in ``namespace`` waits for its client
+        for the recovery window (a task of the app's owns it meanwhile), or ends at once."""
         if not self.core.disconnect(namespace):
             return
         sock = self.sockets.pop(namespace)
+        if sock._kept is None or reason not in RECOVERABLE or self.server._nursery is None:
+            await _end_socket(sock, reason.value)
+            return
+        scope = sock._expiry = trio.CancelScope(deadline=trio.current_time() + self.server.config.recovery_window)
+        self.server.start_soon(_expire, sock, scope, reason.value)
         ns = sock.namespace
-        ns.sockets.pop(sock.id, None)
-        for room in list(sock.rooms):
-            sock.leave(room)
-        if ns._disconnect is not None:
+        if ns._detach is not None:
             try:
-                await _call(ns._disconnect, sock, reason)
+                await _call(ns._detach, sock, reason.value)
             except Exception:
-                log.exception("disconnect handler failed for socket %s", sock.id)
+                log.exception("detach handler failed for socket %s", sock.id)
+
+
+async def _expire(sock: Socket, scope: trio.CancelScope, reason: str) -> None:
+    """A detached socket's window: it ends when the window passes (or is cancelled past the
+    recovery limits), unless its client took it back first."""
+    with scope:
+        await trio.sleep_forever()
+    if sock._expiry is scope:
+        sock._expiry = None
+        await _end_socket(sock, reason)
+
+
+async def _end_socket(sock: Socket, reason: str) -> None:
+    """The one end of every socket: it leaves its namespace and rooms, its disconnect handler runs."""
+    ns = sock.namespace
+    ns.sockets.pop(sock.id, None)
+    if sock.pid is not None:
+        ns.by_pid.pop(sock.pid, None)
+    for room in list(sock.rooms):
+        sock.leave(room)
+    if ns._disconnect is not None:
+        try:
+            await _call(ns._disconnect, sock, reason)
+        except Exception:
+            log.exception("disconnect handler failed for socket %s", sock.id)
 
 
 class SocketIO:
@@ -274,6 +386,12 @@ class SocketIO:
         self._pending_lot = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
         self._shutdown_handlers: list[Handler] = []
+        # Recovery attempts that named no socket, per client address.
+        self._recovery_misses = RateLimiter()
+        self.recoveries = self.metrics.add(Counter(
+            "callbox_recoveries_total", "Connection state recovery attempts, by result.", ["result"],
+            initial=[(r,) for r in RECOVERY_RESULTS],
+        ))
 
     def of(self, name: str) -> Namespace:
         """The namespace ``name``, registered on first use. Unregistered ones are refused."""
@@ -315,8 +433,12 @@ class SocketIO:
                 log.exception("shutdown handler failed")
         for ns in self.namespaces.values():
             for sock in list(ns.sockets.values()):
-                sock.client.send_packet([encode_packet(PacketType.DISCONNECT, ns.name)])
-                await sock.client.remove_socket(ns.name, CloseReason.SERVER_SHUTDOWN.value)
+                if sock._expiry is not None:  # detached: nobody to tell
+                    sock._expiry = None
+                    await _end_socket(sock, CloseReason.SERVER_SHUTDOWN.value)
+                elif sock.connected:
+                    sock.client.send_packet([encode_packet(PacketType.DISCONNECT, ns.name)])
+                    await sock.client.remove_socket(ns.name, CloseReason.SERVER_SHUTDOWN.value)
 
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``fn(*args)`` as a task of the server (for work that must not block a client's
@@ -337,17 +459,23 @@ class SocketIO:
         """Closes clients that do not connect to a namespace within ``connect_timeout``."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            pending = self._pending
-            while True:
-                while not pending:
-                    await self._pending_lot.park()
-                client = pending[0]
-                if client.core.connect_by is not None:
-                    await trio.sleep_until(client.core.connect_by)
-                pending.popleft()
-                if client.core.connect_overdue(trio.current_time()) and client.esock.is_open:
-                    log.info("session %s: no namespace connected in time", client.esock.sid)
-                    client.esock.close(CloseReason.TRANSPORT_CLOSE)
+            try:
+                await self._close_late_clients()
+            finally:
+                self._nursery = None  # closing: nothing new may start (a detached socket ends at once)
+
+    async def _close_late_clients(self) -> None:
+        pending = self._pending
+        while True:
+            while not pending:
+                await self._pending_lot.park()
+            client = pending[0]
+            if client.core.connect_by is not None:
+                await trio.sleep_until(client.core.connect_by)
+            pending.popleft()
+            if client.core.connect_overdue(trio.current_time()) and client.esock.is_open:
+                log.info("session %s: no namespace connected in time", client.esock.sid)
+                client.esock.close(CloseReason.TRANSPORT_CLOSE)
 
     async def on_open(self, esock: EngineSocket) -> None:
         client = _Client(self, esock)
@@ -387,7 +515,7 @@ class SocketIO:
             waiter.close()
         client.acks.clear()
         for namespace in list(client.core.namespaces):
-            await client.remove_socket(namespace, reason.value)
+            await client.detach_socket(namespace, reason)
 
     # -- Socket.IO ------------------------------------------------------------------------------
 
@@ -400,6 +528,10 @@ class SocketIO:
         if not client.core.connect(name):
             return  # already connected, or being decided: socket.io ignores a repeated CONNECT
         sock = Socket(ns, client, packet.data)
+        auth = packet.data
+        asked = None  # the socket this CONNECT may take back
+        if sock.pid is not None and isinstance(auth, dict) and "pid" in auth:
+            asked = sock.recovering = self._recoverable(ns, auth, client.esock.remote_address)
         if ns._connect is not None:
             try:
                 await _call(ns._connect, sock, packet.data)
@@ -417,12 +549,86 @@ class SocketIO:
         if not client.core.accepted(name) or not client.esock.is_open:
             sock._early = None
             return
+        early, sock._early = sock._early or [], None
+        old = sock.recovering
+        if old is not None:
+            missed = self._missed(old, auth)  # again: the connect handler may have waited
+            if missed is not None:
+                await self._recover(client, old, missed, sock.auth, early)
+                return
+            self.recoveries.inc("expired_offset")
+        elif asked is not None:
+            self.recoveries.inc("declined")
         client.sockets[name] = sock
         ns.sockets[sock.id] = sock
-        client.send_packet([encode_packet(PacketType.CONNECT, name, {"sid": sock.id})])
-        early, sock._early = sock._early, None
-        for messages in early or ():
+        answer: dict[str, str] = {"sid": sock.id}
+        if sock.pid is not None:
+            ns.by_pid[sock.pid] = sock
+            answer["pid"] = sock.pid
+        client.send_packet([encode_packet(PacketType.CONNECT, name, answer)])
+        for event, args in early:
+            sock.emit(event, *args)
+
+    # -- connection state recovery ----------------------------------------------------------------
+
+    def _recoverable(self, ns: Namespace, auth: dict[str, Any], address: str) -> Socket | None:
+        """The socket a CONNECT asks to take back, if it may (the metric counts each refusal)."""
+        config = self.config
+        now = trio.current_time()
+        burst, rate = config.recovery_attempts_burst, config.recovery_attempts_per_minute / 60
+        misses = self._recovery_misses
+        if not misses.allows(address, now, burst, rate):
+            self.recoveries.inc("throttled")
+            return None
+        pid = auth.get("pid")
+        old = ns.by_pid.get(pid) if isinstance(pid, str) else None
+        if old is None:
+            misses.take(address, now, burst, rate)
+            self.recoveries.inc("unknown")
+            return None
+        if self._missed(old, auth) is None:
+            self.recoveries.inc("expired_offset")
+            return None
+        return old
+
+    @staticmethod
+    def _missed(old: Socket, auth: dict[str, Any]) -> list[list[str | bytes]] | None:
+        """What ``old`` sent after the client's offset, if it can still be recovered."""
+        offset = missed_offset(auth.get("offset"))
+        if old._kept is None or offset is None or old.namespace.sockets.get(old.id) is not old:
+            return None
+        return old._kept.after(offset)
+
+    async def _recover(self, client: _Client, old: Socket, missed: list[list[str | bytes]], auth: Any,
+                       early: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """``client`` takes ``old`` back: same id and pid, then every event it missed, in order."""
+        ns = old.namespace
+        name = ns.name
+        previous = old.client
+        if old._expiry is not None:
+            scope, old._expiry = old._expiry, None
+            scope.cancel()
+        elif previous.sockets.get(name) is old:
+            # Its old connection still looks alive (half-open TCP): move the socket off it before
+            # closing it, so that nothing of the old connection's end can touch the socket.
+            del previous.sockets[name]
+            previous.core.disconnect(name)
+            previous.esock.lose(CloseReason.RECOVERED_ELSEWHERE)
+        old.client = client
+        old.auth = auth
+        old.recovered = True
+        client.sockets[name] = old
+        self.recoveries.inc("recovered")
+        client.send_packet([encode_packet(PacketType.CONNECT, name, {"sid": old.id, "pid": old.pid})])
+        for messages in missed:
             client.send_packet(messages)
+        for event, args in early:
+            old.emit(event, *args)
+        if ns._recover is not None:
+            try:
+                await _call(ns._recover, old)
+            except Exception:
+                log.exception("recover handler failed for socket %s", old.id)
 
     async def _handle_event(self, sock: Socket, packet: Packet) -> None:
         ns = sock.namespace

@@ -15,6 +15,7 @@ import msgspec
 
 from ..auth import TokenVerifier, Unauthorized
 from ..config import Config
+from ..engineio import CONNECTION_LOST
 from ..metrics import Counter
 from ..server.api import ConnectionRefused, Namespace, Socket, SocketIO
 from ._observe import Observer
@@ -24,6 +25,9 @@ from ._service import Ack, Session, Signalling
 __all__ = ["create_app", "install"]
 
 log = logging.getLogger("callbox.signalling")
+
+# The disconnect reasons of a connection that went without a goodbye: its call waits for it.
+_LOST = frozenset(reason.value for reason in CONNECTION_LOST)
 
 
 class _SocketIOTransport:
@@ -67,6 +71,9 @@ def install(app: SocketIO, registry: Registry | None = None) -> Signalling:
                                                                 "remote": socket.remote_address}})
                 raise ConnectionRefused("Unauthorized") from None
         socket.state = Session(socket.id, token_user)
+        old = socket.recovering
+        if old is not None and old.state.token_user != token_user:
+            socket.recovering = None  # a token for someone else takes nothing back
 
     def handler(event: str) -> Callable[..., Awaitable[Ack]]:
         async def handle(socket: Socket, *args: object) -> Ack:
@@ -81,9 +88,17 @@ def install(app: SocketIO, registry: Registry | None = None) -> Signalling:
     async def unknown(socket: Socket, event: str, *args: object) -> Ack:
         return await signalling.handle(socket.state, event, args, ack=socket.ack_requested)
 
+    @namespace.on_detach
+    async def detached(socket: Socket, reason: str) -> None:
+        await signalling.closed(socket.state, lost=reason in _LOST)
+
+    @namespace.on_recover
+    async def recovered(socket: Socket) -> None:
+        await signalling.returned(socket.state)
+
     @namespace.on_disconnect
     async def gone(socket: Socket, reason: str) -> None:
-        await signalling.closed(socket.state)
+        await signalling.closed(socket.state, lost=reason in _LOST)
 
     app.on_shutdown(signalling.shutdown)
     return signalling

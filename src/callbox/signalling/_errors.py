@@ -21,6 +21,7 @@ class ErrorCode(enum.StrEnum):
     NOT_IN_CALL = "NOT_IN_CALL"
     RATE_LIMITED = "RATE_LIMITED"
     UNAUTHORIZED = "UNAUTHORIZED"
+    PEER_QUEUE_FULL = "PEER_QUEUE_FULL"
 
 
 # The seed server's sentences are kept where they apply ("User not available", "Call not found or
@@ -38,6 +39,7 @@ DEFAULT_MESSAGES: Final[dict[ErrorCode, str]] = {
     ErrorCode.NOT_IN_CALL: "You are not in a call with this user",
     ErrorCode.RATE_LIMITED: "Too many calls started, try again later",
     ErrorCode.UNAUTHORIZED: "Your token is for another user",
+    ErrorCode.PEER_QUEUE_FULL: "The other party is reconnecting and too much is waiting for it",
 }
 
 

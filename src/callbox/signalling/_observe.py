@@ -32,6 +32,9 @@ _ANSWERED: Final = frozenset({CallState.CONNECTING, CallState.CONNECTED})
 # Set-up (initiate -> accept) takes seconds of a person's reaction; calls last minutes to hours.
 SETUP_BUCKETS: Final = (0.5, 1, 2, 5, 10, 20, 30, 60)
 DURATION_BUCKETS: Final = (5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+# A blip: a reconnect takes about a second; a network change or a tunnel, tens of seconds.
+AWAY_BUCKETS: Final = (0.5, 1, 2, 5, 10, 20, 30, 60, 120)
+GRACE_OUTCOMES: Final = ("returned", "expired")
 
 
 class Observer:
@@ -66,6 +69,13 @@ class Observer:
             initial=[(c.value,) for c in ErrorCode],
         ))
         self._client_events = frozenset(CLIENT_EVENTS)
+        self.graces = m.add(Counter(
+            "callbox_reconnect_graces_total", "Reconnect graces (a party of a call lost its connection), by outcome.",
+            ["outcome"], initial=[(o,) for o in GRACE_OUTCOMES],
+        ))
+        self.away = m.add(Histogram(
+            "callbox_reconnect_away_seconds", "How long a party that came back within its grace was away.", AWAY_BUCKETS
+        ))
 
     def event_received(self, event: str) -> None:
         self.received.inc(event if event in self._client_events else "unknown")
@@ -85,6 +95,18 @@ class Observer:
 
     def left(self, user_id: str, socket_id: str) -> None:
         log.info("user left", extra={"fields": {"user": user_id, "socket": socket_id}})
+
+    def reconnecting(self, user_id: str, call_id: str) -> None:
+        log.info("waiting for a party", extra={"fields": {"user": user_id, "call": call_id}})
+
+    def returned(self, user_id: str, away: float) -> None:
+        self.graces.inc("returned")
+        self.away.observe(away)
+        log.info("party returned", extra={"fields": {"user": user_id, "away_s": round(away, 3)}})
+
+    def grace_expired(self, user_id: str) -> None:
+        self.graces.inc("expired")
+        log.info("reconnect grace expired", extra={"fields": {"user": user_id}})
 
     def call_started(self, call: Call) -> None:
         self._started[call.id] = trio.current_time()

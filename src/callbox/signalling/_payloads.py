@@ -43,6 +43,9 @@ __all__ = [
     "CandidateRelay",
     "CallEnded",
     "CallTimeout",
+    "CallReconnecting",
+    "CallReconnected",
+    "ResumedCall",
     "ErrorEvent",
     "AckOk",
     "AckError",
@@ -71,6 +74,13 @@ UserId = Annotated[
 ]
 CallId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_CALL_ID_LENGTH, description="the server's call id")]
 CallType = Literal["audio", "video"]
+# A resume token is ours (22 characters of secrets.token_urlsafe); 64 leaves room to change the scheme.
+MAX_RESUME_TOKEN_LENGTH: Final = 64
+ResumeToken = Annotated[
+    str,
+    msgspec.Meta(min_length=1, max_length=MAX_RESUME_TOKEN_LENGTH,
+                 description="the resumeToken of this user's last user:joined, to take its session back"),
+]
 EndReason = Literal["hangup", "cancelled", "disconnected", "replaced", "server_shutdown"]
 
 _SDP_DOC = "an RTCSessionDescriptionInit ({type, sdp}), relayed byte for byte; size bounded by --max-sdp-bytes"
@@ -88,9 +98,12 @@ IceCandidate = Annotated[msgspec.Raw, msgspec.Meta(description=_CANDIDATE_DOC)]
 
 
 class Join(msgspec.Struct, frozen=True, gc=False):
-    """user:join: claim a user id for this connection (taking it over from another connection)."""
+    """user:join: claim a user id for this connection (taking it over from another connection).
+    With the ``resumeToken`` of the connection that held it, within the reconnect grace: take that
+    connection's session back, its call included."""
 
     userId: UserId
+    resumeToken: ResumeToken | None = None
 
 
 class Initiate(msgspec.Struct, frozen=True, gc=False):
@@ -154,13 +167,28 @@ class IceServer(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     credential: str | msgspec.UnsetType = msgspec.UNSET
 
 
+class ResumedCall(msgspec.Struct, frozen=True, gc=False):
+    """The call a resumed session is in, as it is now."""
+
+    callId: str
+    peer: str
+    role: Literal["caller", "callee"]
+    state: Literal["initiating", "ringing", "connecting", "connected"]
+    callType: CallType
+
+
 class UserJoined(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """user:joined: this connection now holds ``userId``. ``iceServers`` when the server is set up
-    with STUN/TURN (pass it to ``new RTCPeerConnection({iceServers})``)."""
+    with STUN/TURN (pass it to ``new RTCPeerConnection({iceServers})``). ``resumeToken`` when the
+    server has a reconnect grace: keep it to resume this session from a new connection. ``resumed``
+    and ``call`` when this join took a session back (``call``: the call it is in, if any)."""
 
     userId: str
     socketId: str
     iceServers: list[IceServer] | msgspec.UnsetType = msgspec.UNSET
+    resumeToken: str | msgspec.UnsetType = msgspec.UNSET
+    resumed: bool | msgspec.UnsetType = msgspec.UNSET
+    call: ResumedCall | msgspec.UnsetType = msgspec.UNSET
 
 
 class CallIncoming(msgspec.Struct, frozen=True, gc=False):
@@ -231,6 +259,20 @@ class CallTimeout(msgspec.Struct, frozen=True, gc=False):
     callId: str
 
 
+class CallReconnecting(msgspec.Struct, frozen=True, gc=False):
+    """call:reconnecting: ``userId`` lost its connection; the call waits for it (the reconnect grace)."""
+
+    callId: str
+    userId: str
+
+
+class CallReconnected(msgspec.Struct, frozen=True, gc=False):
+    """call:reconnected: ``userId`` is back; the call goes on (sent to both parties)."""
+
+    callId: str
+    userId: str
+
+
 class ErrorEvent(msgspec.Struct, frozen=True, gc=False):
     """error: a request was refused (and the client did not ask for an ack)."""
 
@@ -245,6 +287,7 @@ class AckOk(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     callId: str | None = None
     userId: str | None = None
     socketId: str | None = None
+    resumed: bool | None = None
 
 
 class AckError(msgspec.Struct, frozen=True, gc=False):
@@ -277,5 +320,7 @@ SERVER_EVENTS: Final[dict[str, type[msgspec.Struct]]] = {
     "ice:candidate": CandidateRelay,
     "call:ended": CallEnded,
     "call:timeout": CallTimeout,
+    "call:reconnecting": CallReconnecting,
+    "call:reconnected": CallReconnected,
     "error": ErrorEvent,
 }

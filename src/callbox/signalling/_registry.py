@@ -14,6 +14,7 @@ was made between, even when one of them has just been replaced.
 
 from __future__ import annotations
 
+import hmac
 from typing import Protocol
 
 import msgspec
@@ -21,6 +22,7 @@ import msgspec
 from ._errors import ErrorCode, SignallingError
 from ._payloads import CallType
 from ._state import (
+    AWAY_STATES,
     CALL_TRANSITIONS,
     USER_TRANSITIONS,
     CallEvent,
@@ -34,7 +36,7 @@ from ._state import (
     transition,
 )
 
-__all__ = ["User", "Call", "Joined", "Ended", "Registry", "MemoryRegistry"]
+__all__ = ["User", "Call", "Joined", "Ended", "Returned", "Registry", "MemoryRegistry"]
 
 
 class User(msgspec.Struct, frozen=True, gc=False):
@@ -42,6 +44,7 @@ class User(msgspec.Struct, frozen=True, gc=False):
     socket_id: str
     state: UserState
     call_id: str | None = None
+    resume_token: str | None = None  # the secret that takes this session back from a new connection
 
 
 class Call(msgspec.Struct, frozen=True, gc=False):
@@ -75,6 +78,12 @@ class Joined(msgspec.Struct, frozen=True, gc=False):
     ended: Ended | None = None  # that session's call, ended with reason "replaced"
 
 
+class Returned(msgspec.Struct, frozen=True, gc=False):
+    user: User  # as it is now, on its new session
+    previous_socket: str  # the session it came back from (the same one when recovered)
+    call: Call | None  # its call, now reaching it on its new session; None if it ended meanwhile
+
+
 class Ended(msgspec.Struct, frozen=True, gc=False):
     call: Call  # as it was before it ended
     outcome: Outcome
@@ -84,12 +93,24 @@ class Ended(msgspec.Struct, frozen=True, gc=False):
 class Registry(Protocol):
     """Users and calls. Each method is atomic; see the module docstring."""
 
-    async def join(self, user_id: str, socket_id: str) -> Joined:
+    async def join(self, user_id: str, socket_id: str, resume_token: str | None = None) -> Joined:
         """``socket_id`` holds ``user_id`` from now on, taking it over (and ending its call) if another held it."""
         ...
 
     async def leave(self, user_id: str, socket_id: str) -> Ended | None:
         """``socket_id`` is gone: if it still holds ``user_id``, end its call (disconnected) and forget the user."""
+        ...
+
+    async def detach(self, user_id: str, socket_id: str) -> Call | None:
+        """``socket_id`` lost its connection: if it holds ``user_id`` in a call, the user is RECONNECTING
+        (or already was) and the call waits; returns that call. None: nothing waits for it."""
+        ...
+
+    async def reattach(self, user_id: str, socket_id: str, resume_token: str | None,
+                       new_token: str | None) -> Returned | None:
+        """The user comes back on ``socket_id``: recovered (``resume_token`` None: the same session,
+        which must still hold it, away), or resumed from a new session with the token of the one that
+        holds it (in any state). None if neither applies."""
         ...
 
     async def initiate(self, caller: str, socket_id: str, callee: str, call_type: CallType, call_id: str) -> Call:
@@ -188,7 +209,7 @@ class MemoryRegistry:
 
     # -- Registry -------------------------------------------------------------------------------
 
-    async def join(self, user_id: str, socket_id: str) -> Joined:
+    async def join(self, user_id: str, socket_id: str, resume_token: str | None = None) -> Joined:
         current = self.users.get(user_id)
         if current is not None and current.socket_id == socket_id:
             return Joined(current)
@@ -198,8 +219,38 @@ class MemoryRegistry:
             ended = self._drop(current, Outcome.REPLACED)
             self._user_moves(self.users[user_id], UserEvent.LEAVE, None)
         state = transition(USER_TRANSITIONS, UserState.OFFLINE, UserEvent.JOIN)
-        user = self.users[user_id] = User(user_id, socket_id, state)
+        user = self.users[user_id] = User(user_id, socket_id, state, resume_token=resume_token)
         return Joined(user, replaced_socket, ended)
+
+    async def detach(self, user_id: str, socket_id: str) -> Call | None:
+        user = self.users.get(user_id)
+        if user is None or user.socket_id != socket_id or user.call_id is None:
+            return None
+        if user.state is not UserState.RECONNECTING:
+            self._user_moves(user, UserEvent.DETACH, user.call_id)
+        return self.calls[user.call_id]
+
+    async def reattach(self, user_id: str, socket_id: str, resume_token: str | None,
+                       new_token: str | None) -> Returned | None:
+        user = self.users.get(user_id)
+        if user is None:
+            return None
+        if resume_token is None:
+            if user.socket_id != socket_id or user.state not in AWAY_STATES:
+                return None
+        elif user.resume_token is None or not hmac.compare_digest(user.resume_token, resume_token):
+            return None
+        previous = user.socket_id
+        if user.state in AWAY_STATES:
+            self._user_moves(user, UserEvent.RETURN, user.call_id)
+        user = self.users[user_id] = msgspec.structs.replace(
+            self.users[user_id], socket_id=socket_id, resume_token=new_token or user.resume_token
+        )
+        call = None if user.call_id is None else self.calls[user.call_id]
+        if call is not None and previous != socket_id:
+            side = "caller_socket" if call.caller == user_id else "callee_socket"
+            call = self.calls[call.id] = msgspec.structs.replace(call, **{side: socket_id})
+        return Returned(user, previous, call)
 
     async def leave(self, user_id: str, socket_id: str) -> Ended | None:
         user = self.users.get(user_id)
@@ -216,7 +267,7 @@ class MemoryRegistry:
         if from_user.state is not UserState.ONLINE:
             raise SignallingError(ErrorCode.ALREADY_IN_CALL)
         to_user = self.users.get(callee)
-        if to_user is None:
+        if to_user is None or to_user.state is UserState.AWAY:
             raise SignallingError(ErrorCode.USER_OFFLINE)
         if to_user.state is not UserState.ONLINE:
             raise SignallingError(ErrorCode.USER_BUSY)

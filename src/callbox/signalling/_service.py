@@ -6,11 +6,17 @@ delivers events to sessions. The Socket.IO wiring (:mod:`._app`) is one transpor
 service directly with another.
 
 Each request is handled to the end in the task that read it, with no checkpoint while the
-registry changes, so two requests never interleave halfway. The only thing that outlives a request
-is a call's ring timer: a task started through the transport (the server's nursery) that holds one
-cancel scope whose deadline is the end of the ringing. Whatever ends the ringing (accept, reject,
-cancel, hang-up, a party leaving, shutdown) cancels that scope through :meth:`_stop_timer`, the
-only place that does, so no timer outlives the ringing of its call.
+registry changes, so two requests never interleave halfway. Two things outlive a request, each a
+task started through the transport (the server's nursery) that holds one cancel scope:
+
+- a call's **ring timer**, whose deadline is the end of the ringing. Whatever ends the ringing
+  (accept, reject, cancel, hang-up, a party leaving, shutdown) cancels it through
+  :meth:`_stop_timer`, the only place that does, so no timer outlives the ringing of its call.
+- an away user's **reconnect grace** (:class:`_Grace`), started when the connection of a party of a
+  call is lost. Events for that user wait in the grace's queue (bounded) instead of going out. The
+  user's return, the grace's end, or the user leaving ends it through :meth:`_end_grace`, the only
+  place that does: the queue goes out (to the returned session, or to a detached socket that may
+  still be recovered) and the scope is cancelled.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ from ._payloads import (
     CallEnded,
     CallIncoming,
     CallInitiated,
+    CallReconnected,
+    CallReconnecting,
     CallRejected,
     CallTimeout,
     Candidate,
@@ -53,10 +61,11 @@ from ._payloads import (
     Offer,
     OfferRelay,
     Reject,
+    ResumedCall,
     UserJoined,
 )
-from ._registry import Ended, MemoryRegistry, Registry
-from ._state import CallEvent, Outcome
+from ._registry import Call, Ended, MemoryRegistry, Registry, Returned
+from ._state import CallEvent, Outcome, Role
 
 __all__ = ["Signalling", "Session", "Transport", "Ack"]
 
@@ -96,6 +105,20 @@ class Session:
         self.token_user = token_user
 
 
+class _Grace:
+    """An away user's reconnect grace: what waits for it, and the scope of the task that ends it."""
+
+    __slots__ = ("user_id", "socket_id", "scope", "since", "queue", "nbytes")
+
+    def __init__(self, user_id: str, socket_id: str, scope: trio.CancelScope, since: float) -> None:
+        self.user_id = user_id
+        self.socket_id = socket_id
+        self.scope = scope
+        self.since = since
+        self.queue: list[tuple[str, msgspec.Struct]] = []
+        self.nbytes = 0
+
+
 class _JoinLoose(msgspec.Struct):
     userId: object = None
 
@@ -119,9 +142,9 @@ def _payload(args: Sequence[object], kind: type[T]) -> T:
     return value
 
 
-def _join_user_id(args: Sequence[object]) -> str:
+def _join_payload(args: Sequence[object]) -> Join:
     try:
-        return _payload(args, Join).userId
+        return _payload(args, Join)
     except SignallingError as exc:
         given: object = None
         if args and isinstance(args[0], msgspec.Raw):
@@ -159,6 +182,7 @@ class Signalling:
         self.settings = settings
         self.limiter = RateLimiter()
         self.timers: dict[str, trio.CancelScope] = {}  # call id -> its ringing deadline
+        self.graces: dict[str, _Grace] = {}  # session id of an away user -> its reconnect grace
         self._ops: dict[str, Callable[[Session, Sequence[object]], Awaitable[AckOk]]] = {
             "user:join": self._join,
             "call:initiate": self._initiate,
@@ -190,15 +214,50 @@ class Signalling:
                 self.transport.send(session.socket_id, "error", ErrorEvent(exc.message, exc.code))
             return AckError(False, exc.code, exc.message)
 
-    async def closed(self, session: Session) -> None:
-        """The session's connection went: its user goes offline, its call ends for the peer."""
-        if session.user_id is None:
+    async def closed(self, session: Session, *, lost: bool = False) -> None:
+        """The session's connection went. ``lost``: without a goodbye (a network blip, a dead peer),
+        so with a reconnect grace a user in a call is waited for: the peer is told
+        ``call:reconnecting``. Otherwise (or not in a call) the user goes offline and its call ends
+        for the peer."""
+        user_id = session.user_id
+        if user_id is None:
             return
-        ended = await self.registry.leave(session.user_id, session.socket_id)
+        socket_id = session.socket_id
+        user = await self.registry.user(user_id)
+        if user is None or user.socket_id != socket_id:
+            return  # left already (its socket's end follows its detach), or taken over
+        grace = self.settings().reconnect_grace
+        if lost and grace > 0:
+            call = await self.registry.detach(user_id, socket_id)
+            if call is not None:
+                if socket_id not in self.graces:
+                    self._start_grace(user_id, socket_id, grace, call)
+                return
+        ended = await self.registry.leave(user_id, socket_id)
+        self._end_grace(socket_id, None)
         if ended is not None:
             self._ended(ended)
-        self.observe.left(session.user_id, session.socket_id)
+        self.observe.left(user_id, socket_id)
         self.observe.online((await self.registry.counts())[0])
+
+    async def returned(self, session: Session) -> None:
+        """The session's connection came back (a recovered Socket.IO socket): the call goes on, what
+        waited goes out. A user that went offline meanwhile holds its id again if nobody took it."""
+        user_id = session.user_id
+        if user_id is None:
+            return
+        back = await self.registry.reattach(user_id, session.socket_id, None, None)
+        if back is not None:
+            self._welcome_back(back)
+            return
+        user = await self.registry.user(user_id)
+        if user is None:
+            await self.registry.join(user_id, session.socket_id, self._resume_token())
+            self.observe.online((await self.registry.counts())[0])
+        elif user.socket_id != session.socket_id:
+            session.user_id = None  # taken over meanwhile: this connection must join again
+            code = ErrorCode.SESSION_REPLACED
+            self.transport.send(session.socket_id, "error", ErrorEvent(SignallingError(code).message, code))
 
     async def shutdown(self) -> None:
         """End every call (reason ``server_shutdown``), before the server disconnects everyone."""
@@ -207,9 +266,22 @@ class Signalling:
 
     # -- telling the parties ----------------------------------------------------------------------
 
+    def _send(self, socket_id: str, event: str, payload: msgspec.Struct) -> bool:
+        """Send to a party: queued while its user is away (False past the grace's bounds)."""
+        grace = self.graces.get(socket_id)
+        if grace is None:
+            return self.transport.send(socket_id, event, payload)
+        config = self.settings()
+        size = len(msgspec.json.encode(payload))
+        if len(grace.queue) >= config.recovery_max_events or grace.nbytes + size > config.recovery_max_bytes:
+            return False
+        grace.queue.append((event, payload))
+        grace.nbytes += size
+        return True
+
     def _both(self, call_sockets: tuple[str, str], event: str, payload: msgspec.Struct) -> None:
         for socket_id in call_sockets:
-            self.transport.send(socket_id, event, payload)
+            self._send(socket_id, event, payload)
 
     def _ended(self, ended: Ended) -> None:
         """A call is gone: its timer stops and both parties are told how it ended."""
@@ -249,6 +321,54 @@ class Signalling:
         if ended is not None:
             self._ended(ended)
 
+    # -- reconnect graces -------------------------------------------------------------------------
+
+    def _start_grace(self, user_id: str, socket_id: str, seconds: float, call: Call) -> None:
+        now = trio.current_time()
+        grace = self.graces[socket_id] = _Grace(user_id, socket_id, trio.CancelScope(deadline=now + seconds), now)
+        self.transport.start_soon(self._wait_grace, grace)
+        self.observe.reconnecting(user_id, call.id)
+        peer = call.caller_socket if socket_id == call.callee_socket else call.callee_socket
+        self._send(peer, "call:reconnecting", CallReconnecting(call.id, user_id))
+
+    def _end_grace(self, socket_id: str, deliver_to: str | None) -> _Grace | None:
+        """The grace of the user away on ``socket_id`` ends: its timer stops, and what waited goes to
+        ``deliver_to`` (its new session), else to the session it left (which may be recovered)."""
+        grace = self.graces.pop(socket_id, None)
+        if grace is None:
+            return None
+        grace.scope.cancel()
+        for event, payload in grace.queue:
+            self.transport.send(deliver_to or socket_id, event, payload)
+        return grace
+
+    async def _wait_grace(self, grace: _Grace) -> None:
+        with grace.scope:
+            await trio.sleep_forever()
+        if self.graces.get(grace.socket_id) is not grace:
+            return  # the user came back, or left, and that ended the grace
+        self._end_grace(grace.socket_id, None)
+        self.observe.grace_expired(grace.user_id)
+        ended = await self.registry.leave(grace.user_id, grace.socket_id)
+        if ended is not None:
+            self._ended(ended)
+        self.observe.left(grace.user_id, grace.socket_id)
+        self.observe.online((await self.registry.counts())[0])
+
+    def _welcome_back(self, back: Returned) -> None:
+        """A user is back on ``back.user.socket_id``: what waited goes out, then both parties hear
+        that the call goes on."""
+        user = back.user
+        grace = self._end_grace(back.previous_socket, user.socket_id)
+        if grace is not None:
+            self.observe.returned(user.id, trio.current_time() - grace.since)
+        call = back.call
+        if call is not None:
+            self._both((call.caller_socket, call.callee_socket), "call:reconnected", CallReconnected(call.id, user.id))
+
+    def _resume_token(self) -> str | None:
+        return secrets.token_urlsafe(16) if self.settings().reconnect_grace > 0 else None
+
     # -- requests ---------------------------------------------------------------------------------
 
     @staticmethod
@@ -258,15 +378,21 @@ class Signalling:
         return session.user_id
 
     async def _join(self, session: Session, args: Sequence[object]) -> AckOk:
-        user_id = _join_user_id(args)
+        request = _join_payload(args)
+        user_id = request.userId
         if session.token_user is not None and user_id != session.token_user:
             raise SignallingError(ErrorCode.UNAUTHORIZED)
         if session.user_id is not None and session.user_id != user_id:
             raise SignallingError(ErrorCode.ALREADY_JOINED)
-        joined = await self.registry.join(user_id, session.socket_id)
+        if request.resumeToken is not None and self.settings().reconnect_grace > 0:
+            back = await self.registry.reattach(user_id, session.socket_id, request.resumeToken, self._resume_token())
+            if back is not None:
+                return await self._resumed(session, back)
+        joined = await self.registry.join(user_id, session.socket_id, self._resume_token())
         session.user_id = user_id
         old = joined.replaced_socket
         if old is not None:
+            self._end_grace(old, None)  # an away user taken over: its session is let go as it is
             code = ErrorCode.SESSION_REPLACED
             self.transport.send(old, "error", ErrorEvent(SignallingError(code).message, code))
             if joined.ended is not None:
@@ -274,9 +400,32 @@ class Signalling:
             await self.transport.disconnect(old)
         self.observe.joined(user_id, session.socket_id, old is not None)
         self.observe.online((await self.registry.counts())[0])
-        joined_event = UserJoined(user_id, session.socket_id, self._ice_servers(user_id))
+        token = joined.user.resume_token
+        joined_event = UserJoined(user_id, session.socket_id, self._ice_servers(user_id),
+                                  msgspec.UNSET if token is None else token)
         self.transport.send(session.socket_id, "user:joined", joined_event)
         return AckOk(True, userId=user_id, socketId=session.socket_id)
+
+    async def _resumed(self, session: Session, back: Returned) -> AckOk:
+        """A new connection took its user's session back with the resume token: it is told so (with
+        the call it is in), then gets what waited for it; the old connection is let go."""
+        user = back.user
+        session.user_id = user.id
+        call = back.call
+        resumed_call: ResumedCall | msgspec.UnsetType = msgspec.UNSET
+        if call is not None:
+            role = Role.CALLER if call.caller == user.id else Role.CALLEE
+            resumed_call = ResumedCall(call.id, call.peer_of(role), role.value, call.state.value,  # type: ignore[arg-type]
+                                       call.call_type)
+        assert user.resume_token is not None
+        joined_event = UserJoined(user.id, session.socket_id, self._ice_servers(user.id), user.resume_token,
+                                  True, resumed_call)
+        self.transport.send(session.socket_id, "user:joined", joined_event)
+        self._welcome_back(back)
+        if back.previous_socket != session.socket_id:
+            await self.transport.disconnect(back.previous_socket)
+        self.observe.joined(user.id, session.socket_id, False)
+        return AckOk(True, userId=user.id, socketId=session.socket_id, resumed=True)
 
     def _ice_servers(self, user_id: str) -> list[IceServer] | msgspec.UnsetType:
         config = self.settings()
@@ -295,7 +444,7 @@ class Signalling:
         request = _payload(args, Initiate)
         call = await self.registry.initiate(user_id, session.socket_id, request.to, request.callType, new_call_id())
         self.observe.call_started(call)
-        self.transport.send(call.callee_socket, "call:incoming", CallIncoming(user_id, call.call_type, call.id))
+        self._send(call.callee_socket, "call:incoming", CallIncoming(user_id, call.call_type, call.id))
         self.transport.send(session.socket_id, "call:initiated", CallInitiated(call.id, call.callee))
         if await self.registry.ring(call.id) is not None:
             self._start_timer(call.id, config.ring_timeout)
@@ -331,7 +480,7 @@ class Signalling:
         call = await self.registry.relay(user_id, session.socket_id, request.to, CallEvent.OFFER)
         call_type = call.call_type if request.callType is None else request.callType
         relay = OfferRelay(request.offer, user_id, call_type, call.id)
-        self.transport.send(call.socket_of(request.to), "call:offer", relay)
+        self._relay(call.socket_of(request.to), "call:offer", relay)
         return AckOk(True, callId=call.id)
 
     async def _answer(self, session: Session, args: Sequence[object]) -> AckOk:
@@ -339,8 +488,13 @@ class Signalling:
         request = _payload(args, Answer)
         _bounded(request.answer, self.settings().max_sdp_bytes, "answer", nullable=False)
         call = await self.registry.relay(user_id, session.socket_id, request.to, CallEvent.ANSWER)
-        self.transport.send(call.socket_of(request.to), "call:answer", AnswerRelay(request.answer, user_id, call.id))
+        self._relay(call.socket_of(request.to), "call:answer", AnswerRelay(request.answer, user_id, call.id))
         return AckOk(True, callId=call.id)
+
+    def _relay(self, socket_id: str, event: str, payload: msgspec.Struct) -> None:
+        if not self._send(socket_id, event, payload):
+            if socket_id in self.graces:
+                raise SignallingError(ErrorCode.PEER_QUEUE_FULL)
 
     async def _candidate(self, session: Session, args: Sequence[object]) -> AckOk:
         user_id = self._user(session)
@@ -348,5 +502,5 @@ class Signalling:
         _bounded(request.candidate, self.settings().max_candidate_bytes, "candidate", nullable=True)
         call = await self.registry.relay(user_id, session.socket_id, request.to, CallEvent.CANDIDATE)
         relay = CandidateRelay(request.candidate, user_id, call.id)
-        self.transport.send(call.socket_of(request.to), "ice:candidate", relay)
+        self._relay(call.socket_of(request.to), "ice:candidate", relay)
         return AckOk(True, callId=call.id)

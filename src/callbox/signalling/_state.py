@@ -8,10 +8,18 @@ Two machines, one table each, and nothing else in the package decides a transiti
 A **user** is a user id held by at most one socket. It is OFFLINE (no record at all), ONLINE once a
 socket sends ``user:join``, and IN_CALL from the moment a call involving it is created (as caller or
 as callee) until that call ends, when it is ONLINE again. A user leaves (its socket went, or another
-socket took its id over) only when ONLINE: a user IN_CALL first has its call ended, then leaves. So
-the user machine is a straight line, as the protocol states it::
+socket took its id over) only when ONLINE or AWAY: a user in a call first has its call ended, then
+leaves. Without a reconnect grace the user machine is a straight line, as the protocol states it::
 
     OFFLINE --JOIN--> ONLINE --CALL_START--> IN_CALL --CALL_END--> ONLINE --LEAVE--> OFFLINE
+
+With a reconnect grace, a user IN_CALL whose connection is lost (not closed on purpose) DETACHes:
+RECONNECTING, its call waiting for it. It RETURNs to IN_CALL, or its call ends meanwhile (the peer
+hangs up, the ring times out) and it is AWAY until it RETURNs (ONLINE) or its grace ends (LEAVE)::
+
+    IN_CALL --DETACH--> RECONNECTING --RETURN--> IN_CALL
+    RECONNECTING --CALL_END--> AWAY --RETURN--> ONLINE
+                               AWAY --LEAVE--> OFFLINE
 
 A **call** is created by ``call:initiate`` in INITIATING, with both parties already IN_CALL (so that
 nobody else can call either of them meanwhile). Once the callee has been told (``call:incoming``)
@@ -46,6 +54,7 @@ __all__ = [
     "CALL_ACTORS",
     "RELAY_EVENTS",
     "Outcome",
+    "AWAY_STATES",
     "TransitionError",
     "transition",
     "call_allows",
@@ -81,20 +90,30 @@ class UserState(enum.Enum):
     OFFLINE = "offline"
     ONLINE = "online"
     IN_CALL = "in_call"
+    RECONNECTING = "reconnecting"  # its connection was lost; its call waits for it
+    AWAY = "away"  # its connection was lost, and its call has ended meanwhile
 
 
 class UserEvent(enum.Enum):
     JOIN = "join"  # user:join from a socket
     CALL_START = "call_start"  # a call involving the user was created (either side)
     CALL_END = "call_end"  # that call ended, however
-    LEAVE = "leave"  # the socket went, or another socket took the user id over
+    LEAVE = "leave"  # the socket went, another socket took the user id over, or the grace ended
+    DETACH = "detach"  # its connection was lost while in a call (with a reconnect grace)
+    RETURN = "return"  # it came back within the grace (recovered, or resumed with its token)
 
 
 USER_TRANSITIONS: Final[Mapping[UserState, Mapping[UserEvent, UserState]]] = {
     UserState.OFFLINE: {UserEvent.JOIN: UserState.ONLINE},
     UserState.ONLINE: {UserEvent.CALL_START: UserState.IN_CALL, UserEvent.LEAVE: UserState.OFFLINE},
-    UserState.IN_CALL: {UserEvent.CALL_END: UserState.ONLINE},
+    UserState.IN_CALL: {UserEvent.CALL_END: UserState.ONLINE, UserEvent.DETACH: UserState.RECONNECTING},
+    UserState.RECONNECTING: {UserEvent.RETURN: UserState.IN_CALL, UserEvent.CALL_END: UserState.AWAY},
+    UserState.AWAY: {UserEvent.RETURN: UserState.ONLINE, UserEvent.LEAVE: UserState.OFFLINE},
 }
+
+
+# The states of a user whose connection is lost and whose reconnect grace runs.
+AWAY_STATES: Final = frozenset({UserState.RECONNECTING, UserState.AWAY})
 
 
 # -- calls --------------------------------------------------------------------------------------
