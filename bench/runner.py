@@ -139,7 +139,7 @@ def server_command(name: str, port: int, ring_timeout: float) -> list[str]:
     common = ["--host", "127.0.0.1", "--port", str(port), "--ring-timeout", str(ring_timeout), *BUCKET]
     if name == "callbox":
         exe = Path(sys.executable).with_name("callbox")
-        lifted = [arg for flag, value in CALLBOX_LIMITS.items() if flag in callbox_flags()
+        lifted = [arg for flag, value in {**CALLBOX_LIMITS, **CALLBOX_AS_PEERS}.items() if flag in callbox_flags()
                   for arg in (flag, value)]
         return [str(exe), *common, "--log-level", "warning", *lifted]
     if name == "pysio":
@@ -161,6 +161,10 @@ CALLBOX_LIMITS = {
     "--event-rate": "1000000000",
     "--event-burst": "1000000000",
 }
+# What the peers run without by default, off here too so that each server does the same work per
+# event: connection state recovery (an offset per event, the events kept per socket) is off in
+# Node's socket.io unless asked for; the callbox command turns it on by default.
+CALLBOX_AS_PEERS = {"--recovery-window": "0"}
 _flags: set[str] = set()
 
 
