@@ -3,6 +3,13 @@
 // follows what it is told. WebRTC: the caller offers once the callee has accepted; SDPs and ICE
 // candidates go through the server to the other party.
 //
+// A network blip does not end a call: the media goes peer to peer and keeps flowing, socket.io-client
+// reconnects by itself, and callbox (its reconnect grace and connection state recovery) keeps the
+// call and sends what was missed. While the other party is away the server says
+// `call:reconnecting`, and `call:reconnected` when it is back; while our own connection is down
+// the page says "reconnecting…". Only a clean leave (hang-up, a closed tab) or the grace running
+// out ends the call.
+//
 // Query options: ?user=alice&peer=bob prefill the two ids; ?transport=polling (or websocket)
 // forces socket.io-client's transports; ?token=JWT is sent at connect, for a server run with
 // --auth-secret (the token's `sub` is the user id it may join as).
@@ -19,7 +26,7 @@ const ui = {
   callPanel: $("call-panel"), callWords: $("call-words"), hangup: $("hangup"),
   status: $("status"), outcome: $("outcome"),
   remoteVideo: $("remote-video"), localVideo: $("local-video"),
-  remoteLabel: $("remote-label"), localLabel: $("local-label"),
+  remoteLabel: $("remote-label"), localLabel: $("local-label"), remoteAway: $("remote-away"),
   log: $("log"),
 };
 
@@ -27,8 +34,11 @@ const ui = {
 let me = null; // our user id, once the server said user:joined
 let wantedId = null; // the id we asked for
 let rejoin = null; // the id we held when the connection dropped: joined again on reconnect
+let resumeToken = null; // from user:joined: takes our session (and call) back from a new connection
+let away = false; // our connection to the server dropped during a call; socket.io-client is getting it back
 let iceServers = []; // from user:joined when the server gives them; none needed on one machine or LAN
-let call = null; // {id, peer, type, role: "caller"|"callee", pc, local, queued, ending, cancelWanted}
+let call = null; // {id, peer, type, role: "caller"|"callee", pc, local, queued, ending, cancelWanted, peerAway}
+let shown = "offline"; // the state on screen (body[data-state])
 let lastPeer = ""; // whom the last call was with (for words about a refusal that comes after it)
 let lastAckRefusal = { code: "", at: 0 }; // a server that also sends the ack's refusal as `error`
 
@@ -37,6 +47,8 @@ const token = params.get("token");
 const socket = io({
   transports: transport === "polling" ? ["polling"] : transport === "websocket" ? ["websocket"] : undefined,
   auth: token ? { token } : undefined,
+  // A call waits for us (the server's reconnect grace, 30 s by default): try again often.
+  reconnectionDelayMax: 2000,
 });
 
 // -- what the person sees --------------------------------------------------------------------
@@ -51,9 +63,25 @@ const STATE_WORDS = {
   ending: () => `Ending the call…`,
 };
 
+// Who is away from a call we are in: us (our connection dropped) or the other party (the server
+// said call:reconnecting); null when both are there.
+function awayUser() {
+  if (!call) return null;
+  if (away) return me ?? wantedId;
+  return call.peerAway ? call.peer : null;
+}
+
 function setState(state) {
+  shown = state;
   document.body.dataset.state = state;
-  ui.status.textContent = STATE_WORDS[state]();
+  const gone = awayUser();
+  if (gone) document.body.dataset.reconnecting = gone;
+  else delete document.body.dataset.reconnecting;
+  ui.status.textContent = !gone ? STATE_WORDS[state]()
+    : away ? "Reconnecting… (the connection to the server dropped; the call goes on)"
+      : `${call.peer} is reconnecting…`;
+  ui.remoteAway.hidden = !gone;
+  ui.remoteAway.textContent = away ? "Reconnecting to the server…" : `${call?.peer} is reconnecting…`;
   const inCall = call !== null;
   ui.dialForm.querySelectorAll("input, button").forEach((el) => (el.disabled = !me || inCall));
   ui.incoming.hidden = state !== "ringing";
@@ -104,10 +132,13 @@ function errorWords(code, message, peer) {
   }
 }
 
+// Secrets stay out of the log: TURN credentials, the resume token.
+const hideSecrets = (key, value) => (key === "credential" || key === "resumeToken" ? "…" : value);
+
 // Emit with an ack: `onOk(ack)` on success; a refusal is told here (the server then sends no
 // `error` event for it).
 function request(event, payload, onOk, onRefused) {
-  log(`→ ${event} ${JSON.stringify(payload)}`);
+  log(`→ ${event} ${JSON.stringify(payload, hideSecrets)}`);
   socket.timeout(10000).emit(event, payload, (err, ack) => {
     if (err) {
       tell(`The server did not answer (${event}).`, "error", "NO_ANSWER");
@@ -140,19 +171,39 @@ function showConnection() {
   }
 }
 
+// socket.io-client fires "connect" again each time it gets the connection back. With connection
+// state recovery (`socket.recovered`) it is the same socket and the same session on the server,
+// which then sends what we missed: nothing to do in a call. Otherwise it is a new session: join
+// again, with the resume token when a call may be waiting for us.
 socket.on("connect", () => {
   showConnection();
   socket.io.engine.once("upgrade", showConnection);
-  // The server forgets a user whose connection went: join again under the same id.
-  if (rejoin) join(rejoin);
+  if (rejoin) log(socket.recovered ? "connection recovered: the same session" : "connected again: a new session");
+  if (socket.recovered && call) {
+    // Our session and call are as we left them; call:reconnected follows.
+  } else if (rejoin) {
+    // A user not in a call is signed out at once when its connection drops: join again (the same id
+    // on the same socket is harmless when the server still has us).
+    join(rejoin, call && !socket.recovered ? resumeToken : null);
+  }
   rejoin = null;
-  if (!me) setState("offline");
+  away = false;
+  setState(me || call ? shown : "offline");
 });
 
 socket.on("disconnect", (reason) => {
   showConnection();
-  rejoin = me;
+  rejoin = me ?? (call ? wantedId : null);
+  if (call && socket.active) {
+    // socket.io-client is reconnecting and the server keeps the call for a while: the media goes
+    // on peer to peer, so keep it, and say so.
+    away = true;
+    log(`connection lost (${reason}); reconnecting, the call goes on`);
+    setState(shown);
+    return;
+  }
   me = null;
+  away = false;
   if (call) finishCall("The connection to the server was lost; the call ended.", "error", "server_lost");
   ui.whoami.textContent = "Not joined.";
   ui.userId.readOnly = false;
@@ -169,6 +220,7 @@ socket.on("connect_error", (err) => {
   if (!socket.active) {
     // The server itself said no (with --auth-secret: no token, or a bad or expired one).
     ui.connection.textContent = "The server refused this page.";
+    if (call) finishCall("The connection to the server was lost; the call ended.", "error", "server_lost");
     tell(err.message === "Unauthorized"
       ? `The server wants a valid sign-in token (${token ? "this one is not" : "open the page with ?token=…"}).`
       : `The server refused the connection: ${err.message}.`, "error", "CONNECT_REFUSED");
@@ -180,11 +232,12 @@ socket.on("connect_error", (err) => {
 
 // -- joining ---------------------------------------------------------------------------------
 
-function join(userId) {
+function join(userId, resume = null) {
   wantedId = userId;
   if (!socket.active) socket.connect(); // the server closed this connection (an id taken over)
   ui.joinButton.disabled = true;
-  request("user:join", { userId }, null, () => {
+  const payload = resume ? { userId, resumeToken: resume } : { userId };
+  request("user:join", payload, null, () => {
     wantedId = me;
     ui.joinButton.disabled = false;
   });
@@ -197,9 +250,18 @@ ui.joinForm.addEventListener("submit", (e) => {
 });
 
 socket.on("user:joined", (data) => {
-  log(`← user:joined ${JSON.stringify(data, (key, value) => (key === "credential" ? "…" : value))}`);
+  log(`← user:joined ${JSON.stringify(data, hideSecrets)}`);
   me = data.userId;
   wantedId = me;
+  resumeToken = data.resumeToken ?? null;
+  const resumed = data.resumed ? data.call ?? null : null; // the call the server kept for us
+  if (call && call.id !== null && resumed?.callId !== call.id) {
+    // A new session without our call: it ended while we were away.
+    finishCall("The connection to the server was lost; the call ended.", "error", "server_lost");
+  } else if (!call && resumed) {
+    // A call this page no longer has (it cannot be picked up again here): end it.
+    request("call:end", { callId: resumed.callId });
+  }
   if (Array.isArray(data.iceServers)) iceServers = data.iceServers;
   const relays = iceServers.flatMap((server) => [server.urls].flat()).map((url) => url.split(":")[0].toUpperCase());
   ui.userId.value = me;
@@ -210,15 +272,15 @@ socket.on("user:joined", (data) => {
     + (relays.length ? ` The server gave ICE servers (${[...new Set(relays)].join(", ")}).` : "");
   ui.localLabel.textContent = `You (${me})`;
   document.title = `${me} · callbox`;
-  if (!call) setState("idle");
-  ui.peerId.focus();
+  setState(call ? shown : "idle");
+  if (!call) ui.peerId.focus();
 });
 
 // -- placing a call --------------------------------------------------------------------------
 
 function newCall(fields) {
   lastPeer = fields.peer;
-  return { id: null, pc: null, local: null, queued: [], ending: false, cancelWanted: false, ...fields };
+  return { id: null, pc: null, local: null, queued: [], ending: false, cancelWanted: false, peerAway: false, ...fields };
 }
 
 ui.dialForm.addEventListener("submit", (e) => {
@@ -334,6 +396,23 @@ socket.on("call:ended", ({ callId, by, reason }) => {
     server_shutdown: "The server is shutting down; the call ended.",
   }[reason] ?? `The call ended (${reason}).`;
   finishCall(words, reason === "hangup" || reason === "cancelled" ? "info" : "error", reason);
+});
+
+// The other party's connection dropped: the server keeps the call for a while, and the media
+// between us may well go on. Nothing to tear down.
+socket.on("call:reconnecting", ({ callId, userId }) => {
+  log(`← call:reconnecting ${userId}`);
+  if (!ours(callId) || userId === me) return;
+  call.peerAway = true;
+  setState(shown);
+});
+
+socket.on("call:reconnected", ({ callId, userId }) => {
+  log(`← call:reconnected ${userId}`);
+  if (!ours(callId)) return;
+  if (userId === me) away = false;
+  else call.peerAway = false;
+  setState(shown);
 });
 
 socket.on("error", (err) => {
@@ -478,10 +557,18 @@ function mediaError(c, err) {
 function finishCall(words, kind = "info", code = "") {
   const c = call;
   call = null;
+  away = false;
   if (c) stopMedia(c);
   if (words) tell(words, kind, code);
   setState(me ? "idle" : "offline");
 }
+
+// Leaving the page (closing the tab, reloading, going elsewhere) is a leave, not a network blip: say
+// so with a Socket.IO disconnect, so that the server ends our call at once instead of waiting for us
+// to come back. Over WebSocket, Chromium would say it anyway (a close frame, 1001); over HTTP
+// long-polling nothing would (its requests are just dropped). In "beforeunload": a request made in
+// "pagehide" is cancelled with the page.
+addEventListener("beforeunload", () => socket.disconnect());
 
 // -- start -----------------------------------------------------------------------------------
 
@@ -497,5 +584,7 @@ window.demo = {
   get call() { return call; },
   get pc() { return call?.pc ?? null; },
   get iceServers() { return iceServers; },
+  get resumeToken() { return resumeToken; },
+  get reconnecting() { return awayUser(); },
   get state() { return document.body.dataset.state; },
 };

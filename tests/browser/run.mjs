@@ -14,6 +14,7 @@ import { copyFileSync, mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { chromium } from "playwright-core";
+import { TcpProxy } from "./tcpproxy.mjs";
 
 const { values: opt } = parseArgs({
   options: {
@@ -111,6 +112,28 @@ class User {
     return this.page.textContent("#outcome");
   }
 
+  // Wait until fn(arg) is true in the page; `what` says what we waited for when it is not.
+  async waitFor(what, fn, arg = null, timeout = STEP_TIMEOUT) {
+    try {
+      await this.page.waitForFunction(fn, arg, { timeout });
+    } catch {
+      throw new Error(`${this.name}: not ${what} within ${timeout} ms; it says: ${await this.words()} (state ${await this.state()})`);
+    }
+  }
+
+  // Every Socket.IO event the page gets from now on, with its first argument (the payload; with
+  // connection state recovery the server adds the offset as a last one).
+  recordEvents() {
+    return this.page.evaluate(() => {
+      window.testEvents = [];
+      window.demo.socket.onAny((event, payload) => window.testEvents.push({ event, payload, at: Date.now() }));
+    });
+  }
+
+  events(name) {
+    return this.page.evaluate((n) => window.testEvents.filter((e) => !n || e.event === n), name);
+  }
+
   words() {
     return this.page.evaluate(() => [
       document.getElementById("status").textContent,
@@ -123,7 +146,8 @@ class User {
   }
 }
 
-async function openUser(browser, base, name, peer, { transport, token, join = true } = {}) {
+async function openUser(browser, base, name, peer, { transport, token, join = true, via } = {}) {
+  if (via) base = via.url; // through a TcpProxy
   const context = await browser.newContext({ viewport: { width: 760, height: 820 } });
   const page = await context.newPage();
   page.setDefaultTimeout(STEP_TIMEOUT);
@@ -192,6 +216,81 @@ async function checkLoopback(user) {
   check(report.selected && report.selected.every(loopback), `${user.name}: selected pair ${JSON.stringify(report.selected)}`);
   return report;
 }
+
+// Video frames each side has decoded so far (the inbound video stream of its RTCPeerConnection).
+function framesDecoded(user) {
+  return user.page.evaluate(async () => {
+    const stats = [...(await window.demo.pc.getStats()).values()];
+    return stats.filter((s) => s.type === "inbound-rtp" && s.kind === "video").reduce((n, s) => n + (s.framesDecoded ?? 0), 0);
+  });
+}
+
+async function allFrames(users) {
+  const frames = {};
+  for (const u of users) frames[u.name] = await framesDecoded(u);
+  return frames;
+}
+
+// What callbox logged (--log-format json) when an Engine.IO session ended: its close reason, which
+// is the Socket.IO disconnect reason ("client close": a close packet or WebSocket close frame came;
+// "transport close", "ping timeout": the connection was lost).
+function closeReasonLogged(server, sid) {
+  for (const line of server.output.join("").split("\n")) {
+    const brace = line.indexOf("{");
+    if (brace < 0 || !line.includes("session closed") || !line.includes(sid)) continue;
+    try {
+      const entry = JSON.parse(line.slice(brace));
+      if (entry.msg === "session closed" && entry.sid === sid) return entry.reason;
+    } catch {
+      // not a whole JSON line
+    }
+  }
+  return null;
+}
+
+async function serverCloseReason(server, sid, timeout = STEP_TIMEOUT) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const reason = closeReasonLogged(server, sid);
+    if (reason !== null) return reason;
+    if (Date.now() > deadline) throw new Error(`callbox logged no end of session ${sid} within ${timeout} ms`);
+    await sleep(50);
+  }
+}
+
+// A video call from alice (straight to callbox) to bob (through `proxy`, so that his signalling
+// can be cut), connected, frames arriving both ways, every event recorded.
+async function liveCallThroughProxy(ctx, proxy) {
+  const a = await ctx.user("alice", "bob");
+  const b = await ctx.user("bob", "alice", { via: proxy });
+  await a.recordEvents();
+  await b.recordEvents();
+  await a.page.click("#video-call");
+  await b.waitState("ringing");
+  await b.page.click("#accept");
+  await Promise.all([waitConnected(a), waitConnected(b)]);
+  await checkRemoteFrames(a);
+  await checkRemoteFrames(b);
+  step("connected, video both ways");
+  return { a, b };
+}
+
+const socketOf = (user) => user.page.evaluate(() => ({
+  id: window.demo.socket.id,
+  engine: window.demo.socket.io.engine?.id,
+  transport: window.demo.socket.io.engine?.transport?.name,
+  connected: window.demo.socket.connected,
+  recovered: window.demo.socket.recovered,
+}));
+
+// Both pages show the call as before: connected, nobody away, the media connected.
+async function callAsBefore(users, timeout) {
+  await Promise.all(users.map((u) => u.waitFor("back in the call as before", () => window.demo.socket.connected
+    && document.body.dataset.state === "in-call" && !document.body.dataset.reconnecting
+    && window.demo.pc?.connectionState === "connected", null, timeout)));
+}
+
+const RECONNECTING_WORDS = (who) => `${who} is reconnecting…`;
 
 // One picture of the users' pages side by side (and each page alone, next to it).
 async function screenshotPages(browser, users, file) {
@@ -303,7 +402,146 @@ async function audioCall(ctx) {
   return { refused, iceServers: given, audio: second, alice: words };
 }
 
+// bob's signalling goes for 5 s (his TCP connections through the proxy are cut and new ones
+// refused) while the media, peer to peer, goes on: alice is told bob is reconnecting, the video
+// keeps arriving on both sides, and when the network is back socket.io-client recovers bob's
+// session (same socket id) and both pages are in the call as before. Nobody gets call:ended.
+//
+// With `recovery: false` (callbox --recovery-window 0: a server, or a client, without connection state
+// recovery) bob comes back as a new socket, and the page takes its session and call back with the
+// resumeToken of user:joined instead.
+async function blip(ctx, { recovery = true, CUT = 5000 } = {}) {
+  const proxy = await ctx.proxy();
+  const { a, b } = await liveCallThroughProxy(ctx, proxy);
+  const before = await socketOf(b);
+  const frames = [await allFrames([a, b])];
+  await proxy.cut();
+  const cutAt = Date.now();
+  step("bob's signalling cut", { bob: before });
+  await a.waitFor("saying bob is reconnecting", () => document.body.dataset.reconnecting === "bob", null, CUT - 1000);
+  const toldAfter = Date.now() - cutAt;
+  await b.waitFor("saying it is reconnecting", () => !window.demo.socket.connected && document.body.dataset.reconnecting === "bob", null, CUT - 1000);
+  const during = { alice: await a.words(), bob: await b.words() };
+  check(during.alice === RECONNECTING_WORDS("bob"), `alice: ${during.alice}`);
+  check(during.bob.startsWith("Reconnecting…"), `bob: ${during.bob}`);
+  for (const u of [a, b]) {
+    const kept = await u.page.evaluate(() => [document.body.dataset.state, window.demo.pc?.connectionState]);
+    check(kept.join() === "in-call,connected", `${u.name}: the call was not kept while away: ${kept}`);
+  }
+  step("alice says bob is reconnecting", { afterMs: toldAfter, words: during });
+  const shot = await screenshotPages(ctx.browser, [a, b], path.join(opt.artifacts, `${ctx.name}-reconnecting.png`));
+  if (opt["screenshot-copy"]) copyFileSync(shot.replace(/\.png$/, "-alice.png"), opt["screenshot-copy"]);
+  // The media goes on through the cut: frames decoded keep rising on both sides.
+  for (const at of [1000, CUT - 500]) {
+    await sleep(cutAt + at - Date.now());
+    frames.push(await allFrames([a, b]));
+  }
+  for (const u of ["alice", "bob"]) {
+    const [f0, f1, f2] = frames.map((f) => f[u]);
+    check(f1 > f0 + 10 && f2 > f1 + 10, `${u}: video frames decoded stalled during the cut: ${[f0, f1, f2]}`);
+  }
+  check(!(await socketOf(b)).connected, "bob got through while the proxy refused him");
+  step("video kept flowing during the cut", { frames });
+  await sleep(cutAt + CUT - Date.now());
+  await proxy.resume();
+  const backAt = Date.now();
+  await callAsBefore([a, b], 10_000);
+  for (const u of [a, b]) {
+    await u.waitFor("told bob reconnected", () => window.testEvents.some((e) => e.event === "call:reconnected" && e.payload?.userId === "bob"), null, 5000);
+  }
+  const recoveredAfter = Date.now() - backAt;
+  const after = await socketOf(b);
+  if (recovery) {
+    check(after.recovered === true && after.id === before.id, `bob's session was not recovered: before ${JSON.stringify(before)}, after ${JSON.stringify(after)}`);
+  } else {
+    check(!after.recovered && after.id !== before.id, `bob's socket: before ${JSON.stringify(before)}, after ${JSON.stringify(after)}`);
+    const joined = (await b.events("user:joined")).map((e) => e.payload);
+    const callId = await a.page.evaluate(() => window.demo.call.id);
+    check(joined.length === 1 && joined[0].resumed === true && joined[0].call?.callId === callId && joined[0].call?.peer === "alice"
+      && joined[0].call?.role === "callee" && joined[0].socketId === after.id, `bob's user:joined on his return: ${JSON.stringify(joined)}`);
+  }
+  const lost = await serverCloseReason(ctx.server, before.engine);
+  check(["transport close", "transport error", "ping timeout"].includes(lost), `callbox saw bob's cut connection end with ${lost}`);
+  const events = {};
+  for (const u of [a, b]) events[u.name] = (await u.events()).map((e) => e.event).filter((e) => e.startsWith("call:"));
+  const alicePeer = (await a.events("call:reconnecting")).map((e) => e.payload);
+  check(alicePeer.length === 1 && alicePeer[0].userId === "bob" && alicePeer[0].callId === (await a.page.evaluate(() => window.demo.call.id)),
+    `alice's call:reconnecting: ${JSON.stringify(alicePeer)}`);
+  for (const u of ["alice", "bob"]) check(!events[u].includes("call:ended"), `${u} got call:ended: ${events[u]}`);
+  check((await b.events("call:reconnecting")).length === 0, "bob was told about himself reconnecting");
+  step("both back in the call as before", { afterMs: recoveredAfter, bob: after, serverSaw: lost, events });
+  frames.push(await allFrames([a, b]));
+  const playing = { alice: await checkRemoteFrames(a), bob: await checkRemoteFrames(b) };
+  // Signalling works again: alice hangs up, bob is told.
+  await a.page.click("#hangup");
+  const ended = { alice: await a.waitOutcome("hangup"), bob: await b.waitOutcome("hangup") };
+  return { toldAfterMs: toldAfter, recoveredAfterMs: recoveredAfter, during, frames, playing, serverSaw: lost, ended, screenshot: shot };
+}
+
+// What Chromium sends, and what callbox sees, when the network goes and when a tab closes.
+// - The network goes (Chromium's offline emulation, shorter than the heartbeat): Chromium sends
+//   nothing, no close frame; the WebSocket stays open and callbox sees nothing.
+// - bob closes his tab during a video call, without running "beforeunload" (as when a page gets no
+//   time to say goodbye): Chromium itself sends a close frame with 1001 (going away), callbox sees
+//   "client close", and alice's call ends at once, not after the reconnect grace.
+// - carol, on HTTP long-polling, closes her tab while alice's call rings her (a user closing a tab
+//   runs "beforeunload"): the page sends a Socket.IO disconnect there, so that call ends at once too
+//   (polling has no close frame: without it callbox would see its requests dropped, a lost connection).
+async function leave(ctx) {
+  const proxy = await ctx.proxy();
+  const { a, b } = await liveCallThroughProxy(ctx, proxy);
+  await b.waitFor("on WebSocket", () => window.demo.socket.io.engine?.transport?.name === "websocket");
+  const open = proxy.websockets.filter((w) => w.ended === null);
+  check(open.length === 1, `bob has ${open.length} WebSockets open through the proxy`);
+  const ws = open[0];
+  const sid = (await socketOf(b)).engine;
+
+  await b.page.context().setOffline(true);
+  await sleep(1500);
+  const offline = { closeFrame: ws.closeFrame, ended: ws.ended, bobConnected: (await socketOf(b)).connected };
+  await b.page.context().setOffline(false);
+  check(offline.closeFrame === null && offline.ended === null, `Chromium sent something when the network went: ${JSON.stringify(offline)}`);
+  const closed = closeReasonLogged(ctx.server, sid);
+  check(closed === null, `callbox ended bob's session (${closed}) when his network went for 1.5 s`);
+  check((await a.events("call:reconnecting")).length === 0, "alice was told bob is reconnecting");
+  step("bob offline for 1.5 s: Chromium sent nothing", offline);
+
+  const closedAt = Date.now();
+  await b.page.close(); // no "beforeunload": Chromium's own goodbye
+  ctx.users.splice(ctx.users.indexOf(b), 1);
+  const words = await a.waitOutcome("disconnected");
+  const endedAfter = Date.now() - closedAt;
+  await a.waitState("idle");
+  check(words === "bob lost the connection; the call ended.", `alice: ${words}`);
+  const tabClose = { closeFrame: ws.closeFrame, serverSaw: await serverCloseReason(ctx.server, sid), endedAfterMs: endedAfter };
+  check(tabClose.closeFrame?.code === 1001, `Chromium's close frame when the tab closed: ${JSON.stringify(tabClose.closeFrame)}`);
+  check(tabClose.serverSaw === "client close", `callbox saw ${tabClose.serverSaw} when bob's tab closed`);
+  check(endedAfter < 2000, `alice was told the call ended ${endedAfter} ms after bob's tab closed`);
+  const ended = (await a.events("call:ended")).map((e) => e.payload);
+  check(ended.length === 1 && ended[0].by === "bob" && ended[0].reason === "disconnected", `alice's call:ended: ${JSON.stringify(ended)}`);
+  check((await a.events("call:reconnecting")).length === 0, "alice was told bob is reconnecting when his tab closed");
+  step("bob closed his tab", tabClose);
+
+  const c = await ctx.user("carol", "alice", { transport: "polling" });
+  await a.page.fill("#peer-id", "carol");
+  await a.page.click("#audio-call");
+  await c.waitState("ringing");
+  const pollingAt = Date.now();
+  await c.page.close({ runBeforeUnload: true });
+  ctx.users.splice(ctx.users.indexOf(c), 1);
+  const pollingWords = await a.waitOutcome("disconnected");
+  const pollingEndedAfter = Date.now() - pollingAt;
+  check(pollingWords === "carol lost the connection; the call ended.", `alice: ${pollingWords}`);
+  check(pollingEndedAfter < 2000, `alice was told the call ended ${pollingEndedAfter} ms after carol's tab closed`);
+  check((await a.events("call:reconnecting")).length === 0, "alice was told carol is reconnecting when her tab closed");
+  step("carol (polling) closed her tab", { endedAfterMs: pollingEndedAfter });
+  return { chromium: ctx.browser.version(), offline, tabClose, pollingTabClose: { endedAfterMs: pollingEndedAfter } };
+}
+
 const SCENARIOS = {
+  blip: (ctx) => blip(ctx),
+  "blip-resume": (ctx) => blip(ctx, { recovery: false, CUT: 3000 }),
+  leave,
   audio: audioCall,
   call: (ctx) => completeCall(ctx),
   "call-polling": (ctx) => completeCall(ctx, { transport: "polling" }),
@@ -389,6 +627,10 @@ async function main() {
   const tls = name === "call-wss";
   const serverArgs = [];
   if (name === "timeout") serverArgs.push("--ring-timeout", String(RING_TIMEOUT));
+  // The reconnect grace and connection state recovery are on by default (30 s); the logs say how
+  // each session ended.
+  if (["blip", "blip-resume", "leave"].includes(name)) serverArgs.push("--log-format", "json");
+  if (name === "blip-resume") serverArgs.push("--recovery-window", "0");
   if (name === "audio") {
     serverArgs.push("--auth-secret", AUTH_SECRET, "--stun-urls", "stun:127.0.0.1:3478",
       "--turn-urls", "turn:127.0.0.1:3478?transport=udp", "--turn-secret", "e2e-turn-secret");
@@ -404,7 +646,7 @@ async function main() {
   // Trust exactly the test certificate (its public key's SHA-256), not any certificate.
   if (tls) args.push(`--ignore-certificate-errors-spki-list=${opt.spki}`);
 
-  const ctx = { name, users: [], browser: null, server: null };
+  const ctx = { name, users: [], browser: null, server: null, proxies: [] };
   let failure = null;
   let detail = null;
   try {
@@ -416,6 +658,12 @@ async function main() {
       const u = await openUser(ctx.browser, ctx.server.url, user, peer, opts);
       ctx.users.push(u);
       return u;
+    };
+    ctx.proxy = async () => {
+      const proxy = new TcpProxy(ctx.server.url);
+      ctx.proxies.push(proxy);
+      await proxy.listen();
+      return proxy;
     };
     let timer;
     const overall = new Promise((_, reject) => {
@@ -452,6 +700,7 @@ async function main() {
     report.detail = detail;
   }
   await ctx.browser?.close().catch(() => {});
+  for (const proxy of ctx.proxies) await proxy.close().catch(() => {});
   await stopCallbox(ctx.server);
   if (failure && ctx.server) report.server = ctx.server.output.join("").slice(-8000);
   out(report);

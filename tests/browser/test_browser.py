@@ -6,9 +6,18 @@ callbox, Chromium and the media between the two pages all stay on 127.0.0.1, and
 that every ICE candidate is a loopback one. Without the namespace (not root, no CAP_SYS_ADMIN) the
 tests skip, loudly, rather than let Chromium pair the machine's other addresses.
 
+A network blip (issue 12): in ``blip`` bob reaches callbox through a TCP proxy in the driver
+(tests/browser/tcpproxy.mjs) that is cut for 5 s; the video keeps flowing peer to peer, alice's page
+says bob is reconnecting, and socket.io-client's connection state recovery brings the call back as
+before. ``leave`` checks what Chromium sends: nothing when the network goes (offline emulation), a
+close frame with 1001 when a tab closes (callbox sees "client close" and the call ends at once, not
+after the grace), and that a tab on long-polling ends its call at once too (the page's
+"beforeunload" Socket.IO disconnect).
+
 Needs Debian's ``chromium`` at /usr/bin/chromium and ``npm ci`` in examples/browser and
 tests/browser. The mid-call screenshot lands in test-artifacts/browser/ (the path is printed);
-``CALLBOX_UPDATE_SCREENSHOT=1`` also copies it to examples/browser/screenshot.png for the README.
+``CALLBOX_UPDATE_SCREENSHOT=1`` also copies it to examples/browser/screenshot.png for the README,
+and alice's page while bob is reconnecting to examples/browser/reconnecting.png.
 """
 
 from __future__ import annotations
@@ -49,7 +58,9 @@ pytestmark = [
     pytest.mark.skipif(not CALLBOX.exists(), reason=f"no {CALLBOX}: pip install -e ."),
 ]
 
-SCENARIOS = ["call", "call-polling", "call-wss", "audio", "reject", "cancel", "timeout", "busy-offline-takeover"]
+SCENARIOS = ["call", "call-polling", "call-wss", "audio", "reject", "cancel", "timeout", "busy-offline-takeover",
+             "blip", "blip-resume", "leave"]
+SCREENSHOTS = {"call": "screenshot.png", "blip": "reconnecting.png"}  # what CALLBOX_UPDATE_SCREENSHOT refreshes
 
 
 def _in_netns(*argv: str | Path, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -120,8 +131,8 @@ def test_browser(scenario: str, netns: None, certificate: dict[str, str], capsys
         "--tls-key", certificate["key"],
         "--spki", certificate["spki"],
     ]
-    if scenario == "call" and os.environ.get("CALLBOX_UPDATE_SCREENSHOT"):
-        argv += ["--screenshot-copy", DEMO / "screenshot.png"]
+    if scenario in SCREENSHOTS and os.environ.get("CALLBOX_UPDATE_SCREENSHOT"):
+        argv += ["--screenshot-copy", DEMO / SCREENSHOTS[scenario]]
     run = _in_netns(*argv, timeout=90)
     report = _report(run)
     if report["result"] != "pass":
@@ -133,7 +144,18 @@ def test_browser(scenario: str, netns: None, certificate: dict[str, str], capsys
             pytrace=False,
         )
     assert run.returncode == 0, run.stderr
-    screenshot = (report.get("detail") or {}).get("screenshot")
+    detail = report.get("detail") or {}
+    if scenario == "leave":
+        # What Chromium sent and callbox saw, for the log (the driver has checked them).
+        with capsys.disabled():
+            print(f"\n[browser leave] Chromium {detail.get('chromium')}: offline -> {detail.get('offline')}; "
+                  f"tab closed -> {detail.get('tabClose')}; polling tab closed -> {detail.get('pollingTabClose')}",
+                  flush=True)
+    if scenario.startswith("blip"):
+        with capsys.disabled():
+            print(f"\n[browser {scenario}] alice told after {detail.get('toldAfterMs')} ms; back in the call "
+                  f"{detail.get('recoveredAfterMs')} ms after the network returned", flush=True)
+    screenshot = detail.get("screenshot")
     if screenshot:
         assert Path(screenshot).is_file()
         with capsys.disabled():
