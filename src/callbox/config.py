@@ -114,6 +114,9 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     # every recovery attempt from that address gets a fresh socket, so guessing ids gets nowhere.
     recovery_attempts_burst: int = 20
     recovery_attempts_per_minute: float = 10.0
+    # Connections that may hold one user id at once (a phone and a laptop). 1: a new one takes the
+    # user id over; more: each device rings, the first to answer takes the call.
+    max_devices: int = 1
 
     def __post_init__(self) -> None:
         for s in SETTINGS:
@@ -239,6 +242,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("recovery_attempts_burst", "recovery attempts naming an unknown socket an address may make at once",
             "", lambda v: v >= 1, ">= 1"),
     Setting("recovery_attempts_per_minute", "such attempts an address regains per minute", "/min", _positive, "> 0"),
+    Setting("max_devices", "connections that may hold one user id at once (1: a new one takes it over)", "",
+            lambda v: 1 <= v <= 100, "1-100"),
 )
 
 

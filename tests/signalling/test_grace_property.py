@@ -240,7 +240,8 @@ async def scenario(plan: list[tuple[str, int, int, int]], max_events: int) -> No
                 if b in m.away and a != b:
                     # an away user cannot be called: busy while its call waits, offline after
                     waiting = m.away[b].call_id in registry.calls
-                    assert ack["ok"] is False, ack
+                    # glare: calling back the away caller of the call that rings here answers it
+                    assert ack["ok"] is False or ack.get("merged") is True, ack
                     if registry.users.get(a) and registry.users[a].call_id is None:
                         assert ack["code"] == ("USER_BUSY" if waiting else "USER_OFFLINE"), (ack, waiting)
 
@@ -465,7 +466,9 @@ def check(w: World, m: Model, now: float) -> None:
     for grace in graces.values():
         queued = getattr(grace, "queue", None)
         if queued is not None:
-            assert len(queued) <= w.config.recovery_max_events
+            # the bound holds for relays; the server's own events (a few per call) always wait
+            relays = [event for event, _ in queued if event in ("call:offer", "call:answer", "ice:candidate")]
+            assert len(relays) <= w.config.recovery_max_events
     # who holds each user id
     for user in USERS:
         if user in m.away:

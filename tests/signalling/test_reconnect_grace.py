@@ -114,7 +114,8 @@ async def test_calling_a_user_that_is_away(h: Harness) -> None:
     ack = await h.emit(carol, "call:initiate", {"to": "bob", "callType": "audio"}, ack=True)
     assert ack["code"] == "USER_BUSY"  # its call waits for it
     await h.emit(alice, "call:end", {"callId": call_id})
-    assert h.registry.users["bob"].state.name == "AWAY"
+    bob_user = h.registry.users["bob"]
+    assert bob_user.state.name == "ONLINE" and bob_user.devices[0].away  # no call; its device still away
     ack = await h.emit(carol, "call:initiate", {"to": "bob", "callType": "audio"}, ack=True)
     assert ack["code"] == "USER_OFFLINE"  # nobody rings a user whose connection is gone
     await h.recover(bob)

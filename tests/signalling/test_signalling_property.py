@@ -37,9 +37,9 @@ def check(h: Harness, holders: dict[str, Any]) -> None:
     for call in calls.values():
         assert call.state in (CallState.RINGING, CallState.CONNECTING, CallState.CONNECTED), call
         assert call.caller != call.callee
-        for party, socket_id in ((call.caller, call.caller_socket), (call.callee, call.callee_socket)):
+        for party in (call.caller, call.callee):
             in_calls.setdefault(party, []).append(call.id)
-            assert users[party].socket_id == socket_id
+            assert call.sockets_of(party) == (users[party].socket_id,)  # one device each
     for user in users.values():
         if user.state is UserState.IN_CALL:
             assert in_calls.get(user.id) == [user.call_id]  # exactly one live call, and it is theirs

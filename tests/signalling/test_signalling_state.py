@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 
-import msgspec
 import pytest
 
 from callbox.signalling import (
@@ -35,14 +34,13 @@ USER_EDGES = {
     (U.ONLINE, UE.LEAVE): U.OFFLINE,
     (U.IN_CALL, UE.DETACH): U.RECONNECTING,
     (U.RECONNECTING, UE.RETURN): U.IN_CALL,
-    (U.RECONNECTING, UE.CALL_END): U.AWAY,
-    (U.AWAY, UE.RETURN): U.ONLINE,
-    (U.AWAY, UE.LEAVE): U.OFFLINE,
+    (U.RECONNECTING, UE.CALL_END): U.ONLINE,
 }
 LIVE = (C.RINGING, C.CONNECTING, C.CONNECTED)
 CALL_EDGES = {
     (C.INITIATING, CE.RING): C.RINGING,
     (C.RINGING, CE.ACCEPT): C.CONNECTING,
+    (C.RINGING, CE.MERGE): C.CONNECTING,
     (C.RINGING, CE.REJECT): C.ENDING,
     (C.CONNECTING, CE.ANSWER): C.CONNECTED,
     **{(s, e): s for s in LIVE for e in (CE.OFFER, CE.CANDIDATE)},
@@ -78,7 +76,7 @@ def test_call_machine(state: CallState, event: CallEvent) -> None:
 
 
 def test_who_may_fire_what() -> None:
-    callee_only = {CE.ACCEPT, CE.REJECT}
+    callee_only = {CE.ACCEPT, CE.REJECT, CE.MERGE}
     server_only = {CE.RING, CE.TIMEOUT, CE.DROP, CE.CLOSE}
     for state, event, role in itertools.product(CallState, CallEvent, [*Role, None]):
         in_table = (state, event) in CALL_EDGES
@@ -129,7 +127,7 @@ async def test_registry_call_lifecycle_moves_both_machines() -> None:
     assert (ringing := await reg.ring("c1")) is not None and ringing.state is C.RINGING
     assert await reg.ring("c1") is None  # once
     assert (await reg.relay("alice", "sa", "bob", CE.OFFER)).state is C.RINGING
-    assert (await reg.accept("c1", "bob", "sb", "alice")).state is C.CONNECTING
+    assert (await reg.accept("c1", "bob", "sb", "alice")).call.state is C.CONNECTING
     assert (await reg.relay("bob", "sb", "alice", CE.CANDIDATE)).state is C.CONNECTING
     assert (await reg.relay("bob", "sb", "alice", CE.ANSWER)).state is C.CONNECTED
     assert (await reg.relay("alice", "sa", "bob", CE.OFFER)).state is C.CONNECTED
@@ -220,7 +218,9 @@ async def test_registry_take_over() -> None:
     assert joined.replaced_socket == "sa"
     assert joined.ended is not None and (joined.ended.outcome, joined.ended.by) == (Outcome.REPLACED, "alice")
     assert joined.user == reg.users["alice"]
-    assert msgspec.structs.astuple(reg.users["alice"]) == ("alice", "sa2", U.ONLINE, None, None)
+    alice = reg.users["alice"]
+    devices = [(d.socket_id, d.away) for d in alice.devices]
+    assert (alice.state, alice.call_id, devices) == (U.ONLINE, None, [("sa2", False)])
     assert reg.users["bob"].state is U.ONLINE and reg.calls == {}
     # the replaced session's own leave is too late to matter
     assert await reg.leave("alice", "sa") is None

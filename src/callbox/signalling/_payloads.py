@@ -81,7 +81,16 @@ ResumeToken = Annotated[
     msgspec.Meta(min_length=1, max_length=MAX_RESUME_TOKEN_LENGTH,
                  description="the resumeToken of this user's last user:joined, to take its session back"),
 ]
-EndReason = Literal["hangup", "cancelled", "disconnected", "replaced", "server_shutdown"]
+EndReason = Literal[
+    "hangup", "cancelled", "disconnected", "replaced", "server_shutdown", "answered_elsewhere", "rejected_elsewhere"
+]
+# A device id is the client's own name for one of a user's devices (kept by the app across reloads).
+MAX_DEVICE_ID_LENGTH: Final = 64
+DeviceId = Annotated[
+    str,
+    msgspec.Meta(min_length=1, max_length=MAX_DEVICE_ID_LENGTH, pattern=USER_ID_PATTERN,
+                 description="1-64 characters: ASCII letters, digits and _ - . @ : +"),
+]
 
 _SDP_DOC = "an RTCSessionDescriptionInit ({type, sdp}), relayed byte for byte; size bounded by --max-sdp-bytes"
 _CANDIDATE_DOC = (
@@ -98,12 +107,14 @@ IceCandidate = Annotated[msgspec.Raw, msgspec.Meta(description=_CANDIDATE_DOC)]
 
 
 class Join(msgspec.Struct, frozen=True, gc=False):
-    """user:join: claim a user id for this connection (taking it over from another connection).
-    With the ``resumeToken`` of the connection that held it, within the reconnect grace: take that
+    """user:join: claim a user id for this connection (taking it over from another connection; with
+    several devices allowed, as the device ``deviceId``, replacing only that device). With the
+    ``resumeToken`` of the connection that held it, within the reconnect grace: take that
     connection's session back, its call included."""
 
     userId: UserId
     resumeToken: ResumeToken | None = None
+    deviceId: DeviceId | None = None
 
 
 class Initiate(msgspec.Struct, frozen=True, gc=False):
@@ -206,11 +217,13 @@ class CallInitiated(msgspec.Struct, frozen=True, gc=False):
     to: str
 
 
-class CallAccepted(msgspec.Struct, frozen=True, gc=False):
-    """call:accepted: the callee (``by``) accepted; the caller sends its offer now."""
+class CallAccepted(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
+    """call:accepted: the callee (``by``) accepted; the caller sends its offer now. ``merged``: the
+    callee called the caller back while it rang (glare), and that answered it."""
 
     callId: str
     by: str
+    merged: bool | msgspec.UnsetType = msgspec.UNSET
 
 
 class CallRejected(msgspec.Struct, frozen=True, gc=False):
@@ -288,6 +301,7 @@ class AckOk(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     userId: str | None = None
     socketId: str | None = None
     resumed: bool | None = None
+    merged: bool | None = None
 
 
 class AckError(msgspec.Struct, frozen=True, gc=False):

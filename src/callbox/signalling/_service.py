@@ -64,7 +64,7 @@ from ._payloads import (
     ResumedCall,
     UserJoined,
 )
-from ._registry import Call, Ended, MemoryRegistry, Registry, Returned
+from ._registry import Accepted, Call, Ended, Joined, MemoryRegistry, Registry, Returned
 from ._state import CallEvent, Outcome, Role
 
 __all__ = ["Signalling", "Session", "Transport", "Ack"]
@@ -94,13 +94,14 @@ class Transport(Protocol):
 
 
 class Session:
-    """One connection's signalling state: its id, and the user id it holds once joined."""
+    """One connection's signalling state: its id, and the user id (and device id) it holds once joined."""
 
-    __slots__ = ("socket_id", "token_user", "user_id")
+    __slots__ = ("device_id", "socket_id", "token_user", "user_id")
 
     def __init__(self, socket_id: str, token_user: str | None = None) -> None:
         self.socket_id = socket_id
         self.user_id: str | None = None
+        self.device_id = socket_id  # unless the client names its device
         # With token auth: the user id the connection's token proved; it may join as no other.
         self.token_user = token_user
 
@@ -224,7 +225,7 @@ class Signalling:
             return
         socket_id = session.socket_id
         user = await self.registry.user(user_id)
-        if user is None or user.socket_id != socket_id:
+        if user is None or user.device(socket_id) is None:
             return  # left already (its socket's end follows its detach), or taken over
         grace = self.settings().reconnect_grace
         if lost and grace > 0:
@@ -251,13 +252,21 @@ class Signalling:
             self._welcome_back(back)
             return
         user = await self.registry.user(user_id)
-        if user is None:
-            await self.registry.join(user_id, session.socket_id, self._resume_token())
+        if user is not None and user.device(session.socket_id) is not None:
+            return  # it never left (its connection went and came back before anyone noticed)
+        max_devices = self.settings().max_devices
+        if user is None or (len(user.devices) < max_devices
+                            and all(d.device_id != session.device_id for d in user.devices)):
+            # It left when its connection went; nobody took its place: it holds its id again.
+            joined = await self.registry.join(user_id, session.socket_id, session.device_id, max_devices,
+                                              self._resume_token())
+            self._welcome(session, joined)  # its resume token is new: it is told
             self.observe.online((await self.registry.counts())[0])
-        elif user.socket_id != session.socket_id:
-            session.user_id = None  # taken over meanwhile: this connection must join again
+        else:
+            session.user_id = None  # taken over meanwhile: it is let go, as a replaced session is
             code = ErrorCode.SESSION_REPLACED
             self.transport.send(session.socket_id, "error", ErrorEvent(SignallingError(code).message, code))
+            await self.transport.disconnect(session.socket_id)
 
     async def shutdown(self) -> None:
         """End every call (reason ``server_shutdown``), before the server disconnects everyone."""
@@ -266,38 +275,57 @@ class Signalling:
 
     # -- telling the parties ----------------------------------------------------------------------
 
-    def _send(self, socket_id: str, event: str, payload: msgspec.Struct) -> bool:
-        """Send to a party: queued while its user is away (False past the grace's bounds)."""
+    def _send(self, socket_id: str, event: str, payload: msgspec.Struct, *, bounded: bool = False) -> bool:
+        """Send to a party: queued while its device is away. ``bounded`` (a relay from the peer):
+        False past the grace's bounds; the server's own events (a few per call) always wait."""
         grace = self.graces.get(socket_id)
         if grace is None:
             return self.transport.send(socket_id, event, payload)
         config = self.settings()
         size = len(msgspec.json.encode(payload))
-        if len(grace.queue) >= config.recovery_max_events or grace.nbytes + size > config.recovery_max_bytes:
+        if bounded and (len(grace.queue) >= config.recovery_max_events
+                        or grace.nbytes + size > config.recovery_max_bytes):
             return False
         grace.queue.append((event, payload))
         grace.nbytes += size
         return True
 
-    def _both(self, call_sockets: tuple[str, str], event: str, payload: msgspec.Struct) -> None:
-        for socket_id in call_sockets:
-            self._send(socket_id, event, payload)
+    def _tell(self, sockets: tuple[str | None, ...], event: str, payload: msgspec.Struct) -> None:
+        for socket_id in sockets:
+            if socket_id is not None:
+                self._send(socket_id, event, payload)
 
     def _ended(self, ended: Ended) -> None:
-        """A call is gone: its timer stops and both parties are told how it ended."""
+        """A call is gone: its timer stops and both parties are told how it ended (every device it
+        rang, too: a reject from one device is "rejected elsewhere" for the others)."""
         call = ended.call
         self._stop_timer(call.id)
         self.observe.call_ended(ended)
-        socket_ids = (call.caller_socket, call.callee_socket)
         if ended.outcome is Outcome.REJECTED:
             assert ended.by is not None
-            self._both(socket_ids, "call:rejected", CallRejected(call.id, ended.by))
+            self._tell((call.caller_socket, ended.device), "call:rejected", CallRejected(call.id, ended.by))
+            elsewhere = CallEnded(call.id, ended.by, "rejected_elsewhere")
+            self._tell(tuple(s for s in call.ringing if s != ended.device), "call:ended", elsewhere)
         elif ended.outcome is Outcome.TIMEOUT:
-            self._both(socket_ids, "call:timeout", CallTimeout(call.id))
+            self._tell(call.parties, "call:timeout", CallTimeout(call.id))
         else:
             # call:ended's reason is the outcome's name (_payloads.EndReason lists the same words).
             reason = cast(EndReason, ended.outcome.value)
-            self._both(socket_ids, "call:ended", CallEnded(call.id, ended.by, reason))
+            self._tell(call.parties, "call:ended", CallEnded(call.id, ended.by, reason))
+
+    def _answered(self, accepted: Accepted, by: str, merged: bool) -> None:
+        """The first device to answer takes the call: both parties are told, the others stop ringing."""
+        call = accepted.call
+        self._stop_timer(call.id)
+        self.observe.call_accepted(call)
+        self._tell((call.caller_socket, call.callee_socket), "call:accepted",
+                   CallAccepted(call.id, by, True if merged else msgspec.UNSET))
+        self._tell(accepted.elsewhere, "call:ended", CallEnded(call.id, by, "answered_elsewhere"))
+
+    def _ring_new_device(self, call: Call | None, socket_id: str) -> None:
+        """A device joined while its user's call rings: it rings too."""
+        if call is not None:
+            self._send(socket_id, "call:incoming", CallIncoming(call.caller, call.call_type, call.id))
 
     # -- ring timers ------------------------------------------------------------------------------
 
@@ -328,8 +356,8 @@ class Signalling:
         grace = self.graces[socket_id] = _Grace(user_id, socket_id, trio.CancelScope(deadline=now + seconds), now)
         self.transport.start_soon(self._wait_grace, grace)
         self.observe.reconnecting(user_id, call.id)
-        peer = call.caller_socket if socket_id == call.callee_socket else call.callee_socket
-        self._send(peer, "call:reconnecting", CallReconnecting(call.id, user_id))
+        peer = call.callee if user_id == call.caller else call.caller
+        self._tell(call.sockets_of(peer), "call:reconnecting", CallReconnecting(call.id, user_id))
 
     def _end_grace(self, socket_id: str, deliver_to: str | None) -> _Grace | None:
         """The grace of the user away on ``socket_id`` ends: its timer stops, and what waited goes to
@@ -364,7 +392,7 @@ class Signalling:
             self.observe.returned(user.id, trio.current_time() - grace.since)
         call = back.call
         if call is not None:
-            self._both((call.caller_socket, call.callee_socket), "call:reconnected", CallReconnected(call.id, user.id))
+            self._tell(call.parties, "call:reconnected", CallReconnected(call.id, user.id))
 
     def _resume_token(self) -> str | None:
         return secrets.token_urlsafe(16) if self.settings().reconnect_grace > 0 else None
@@ -388,8 +416,11 @@ class Signalling:
             back = await self.registry.reattach(user_id, session.socket_id, request.resumeToken, self._resume_token())
             if back is not None:
                 return await self._resumed(session, back)
-        joined = await self.registry.join(user_id, session.socket_id, self._resume_token())
+        device_id = session.socket_id if request.deviceId is None else request.deviceId
+        max_devices = self.settings().max_devices
+        joined = await self.registry.join(user_id, session.socket_id, device_id, max_devices, self._resume_token())
         session.user_id = user_id
+        session.device_id = device_id
         old = joined.replaced_socket
         if old is not None:
             self._end_grace(old, None)  # an away user taken over: its session is let go as it is
@@ -400,11 +431,18 @@ class Signalling:
             await self.transport.disconnect(old)
         self.observe.joined(user_id, session.socket_id, old is not None)
         self.observe.online((await self.registry.counts())[0])
-        token = joined.user.resume_token
-        joined_event = UserJoined(user_id, session.socket_id, self._ice_servers(user_id),
+        self._welcome(session, joined)
+        return AckOk(True, userId=user_id, socketId=session.socket_id)
+
+    def _welcome(self, session: Session, joined: Joined) -> None:
+        """``user:joined`` to a device that holds its user id now; it rings if its user's call does."""
+        user = joined.user
+        device = user.device(session.socket_id)
+        token = None if device is None else device.resume_token
+        joined_event = UserJoined(user.id, session.socket_id, self._ice_servers(user.id),
                                   msgspec.UNSET if token is None else token)
         self.transport.send(session.socket_id, "user:joined", joined_event)
-        return AckOk(True, userId=user_id, socketId=session.socket_id)
+        self._ring_new_device(joined.ringing, session.socket_id)
 
     async def _resumed(self, session: Session, back: Returned) -> AckOk:
         """A new connection took its user's session back with the resume token: it is told so (with
@@ -417,8 +455,10 @@ class Signalling:
             role = Role.CALLER if call.caller == user.id else Role.CALLEE
             resumed_call = ResumedCall(call.id, call.peer_of(role), role.value, call.state.value,  # type: ignore[arg-type]
                                        call.call_type)
-        assert user.resume_token is not None
-        joined_event = UserJoined(user.id, session.socket_id, self._ice_servers(user.id), user.resume_token,
+        device = user.device(session.socket_id)
+        assert device is not None and device.resume_token is not None
+        session.device_id = device.device_id
+        joined_event = UserJoined(user.id, session.socket_id, self._ice_servers(user.id), device.resume_token,
                                   True, resumed_call)
         self.transport.send(session.socket_id, "user:joined", joined_event)
         self._welcome_back(back)
@@ -443,8 +483,11 @@ class Signalling:
             raise SignallingError(ErrorCode.RATE_LIMITED)
         request = _payload(args, Initiate)
         call = await self.registry.initiate(user_id, session.socket_id, request.to, request.callType, new_call_id())
+        if isinstance(call, Accepted):  # glare: the callee's own call rang here; this answers it
+            self._answered(call, user_id, merged=True)
+            return AckOk(True, callId=call.call.id, merged=True)
         self.observe.call_started(call)
-        self._send(call.callee_socket, "call:incoming", CallIncoming(user_id, call.call_type, call.id))
+        self._tell(call.ringing, "call:incoming", CallIncoming(user_id, call.call_type, call.id))
         self.transport.send(session.socket_id, "call:initiated", CallInitiated(call.id, call.callee))
         if await self.registry.ring(call.id) is not None:
             self._start_timer(call.id, config.ring_timeout)
@@ -453,11 +496,9 @@ class Signalling:
     async def _accept(self, session: Session, args: Sequence[object]) -> AckOk:
         user_id = self._user(session)
         request = _payload(args, Accept)
-        call = await self.registry.accept(request.callId, user_id, session.socket_id, request.from_)
-        self._stop_timer(call.id)
-        self.observe.call_accepted(call)
-        self._both((call.caller_socket, call.callee_socket), "call:accepted", CallAccepted(call.id, user_id))
-        return AckOk(True, callId=call.id)
+        accepted = await self.registry.accept(request.callId, user_id, session.socket_id, request.from_)
+        self._answered(accepted, user_id, merged=False)
+        return AckOk(True, callId=accepted.call.id)
 
     async def _reject(self, session: Session, args: Sequence[object]) -> AckOk:
         user_id = self._user(session)
@@ -480,7 +521,7 @@ class Signalling:
         call = await self.registry.relay(user_id, session.socket_id, request.to, CallEvent.OFFER)
         call_type = call.call_type if request.callType is None else request.callType
         relay = OfferRelay(request.offer, user_id, call_type, call.id)
-        self._relay(call.socket_of(request.to), "call:offer", relay)
+        self._relay(call.sockets_of(request.to), "call:offer", relay)
         return AckOk(True, callId=call.id)
 
     async def _answer(self, session: Session, args: Sequence[object]) -> AckOk:
@@ -488,12 +529,13 @@ class Signalling:
         request = _payload(args, Answer)
         _bounded(request.answer, self.settings().max_sdp_bytes, "answer", nullable=False)
         call = await self.registry.relay(user_id, session.socket_id, request.to, CallEvent.ANSWER)
-        self._relay(call.socket_of(request.to), "call:answer", AnswerRelay(request.answer, user_id, call.id))
+        self._relay(call.sockets_of(request.to), "call:answer", AnswerRelay(request.answer, user_id, call.id))
         return AckOk(True, callId=call.id)
 
-    def _relay(self, socket_id: str, event: str, payload: msgspec.Struct) -> None:
-        if not self._send(socket_id, event, payload):
-            if socket_id in self.graces:
+    def _relay(self, sockets: tuple[str, ...], event: str, payload: msgspec.Struct) -> None:
+        """To the other party (every device it rings, until one answers)."""
+        for socket_id in sockets:
+            if not self._send(socket_id, event, payload, bounded=True) and socket_id in self.graces:
                 raise SignallingError(ErrorCode.PEER_QUEUE_FULL)
 
     async def _candidate(self, session: Session, args: Sequence[object]) -> AckOk:
@@ -502,5 +544,5 @@ class Signalling:
         _bounded(request.candidate, self.settings().max_candidate_bytes, "candidate", nullable=True)
         call = await self.registry.relay(user_id, session.socket_id, request.to, CallEvent.CANDIDATE)
         relay = CandidateRelay(request.candidate, user_id, call.id)
-        self._relay(call.socket_of(request.to), "ice:candidate", relay)
+        self._relay(call.sockets_of(request.to), "ice:candidate", relay)
         return AckOk(True, callId=call.id)

@@ -5,26 +5,30 @@ Theory of operation
 
 Two machines, one table each, and nothing else in the package decides a transition.
 
-A **user** is a user id held by at most one socket. It is OFFLINE (no record at all), ONLINE once a
-socket sends ``user:join``, and IN_CALL from the moment a call involving it is created (as caller or
-as callee) until that call ends, when it is ONLINE again. A user leaves (its socket went, or another
-socket took its id over) only when ONLINE or AWAY: a user in a call first has its call ended, then
-leaves. Without a reconnect grace the user machine is a straight line, as the protocol states it::
+A **user** is a user id held by one socket or more (its devices, up to ``max_devices``; devices come
+and go without moving the user's machine, but for the first and the last). It is OFFLINE (no record
+at all), ONLINE once a socket sends ``user:join``, and IN_CALL from the moment a call involving it is
+created (as caller or as callee) until that call ends, when it is ONLINE again. A user leaves (its
+last device went, or was taken over) only when ONLINE: a user in a call first has its call ended,
+then leaves. Without a reconnect grace the user machine is a straight line, as the protocol states
+it::
 
     OFFLINE --JOIN--> ONLINE --CALL_START--> IN_CALL --CALL_END--> ONLINE --LEAVE--> OFFLINE
 
-With a reconnect grace, a user IN_CALL whose connection is lost (not closed on purpose) DETACHes:
-RECONNECTING, its call waiting for it. It RETURNs to IN_CALL, or its call ends meanwhile (the peer
-hangs up, the ring times out) and it is AWAY until it RETURNs (ONLINE) or its grace ends (LEAVE)::
+With a reconnect grace, when the connection of the device that carries a user's call is lost (not
+closed on purpose) the user DETACHes: RECONNECTING, its call waiting for that device. It RETURNs to
+IN_CALL, or its call ends meanwhile (the peer hangs up, the ring times out) and it is ONLINE again,
+with that device away until it comes back or its grace ends (a device that is away is never rung)::
 
     IN_CALL --DETACH--> RECONNECTING --RETURN--> IN_CALL
-    RECONNECTING --CALL_END--> AWAY --RETURN--> ONLINE
-                               AWAY --LEAVE--> OFFLINE
+    RECONNECTING --CALL_END--> ONLINE
 
 A **call** is created by ``call:initiate`` in INITIATING, with both parties already IN_CALL (so that
 nobody else can call either of them meanwhile). Once the callee has been told (``call:incoming``)
-it is RINGING, and the ring deadline runs. Only the callee may ACCEPT or REJECT, and only while it
-rings; accepting makes it CONNECTING, and the first ``call:answer`` relayed then makes it CONNECTED.
+it is RINGING (at every device of the callee), and the ring deadline runs. Only the callee may ACCEPT
+(from one device: the first accept wins) or REJECT, and only while it rings; the callee calling the
+caller back meanwhile (glare) MERGEs the two into this one, as an accept. Accepting makes it
+CONNECTING, and the first ``call:answer`` relayed then makes it CONNECTED.
 Relays (offer, answer, candidate) pass from RINGING on, never while INITIATING. Either party may end
 it at any time: the caller ending it before it is answered is a CANCEL, anything else a HANGUP. The
 server ends it on TIMEOUT (still ringing at the deadline) or DROP (a party's session went: it
@@ -54,7 +58,6 @@ __all__ = [
     "CALL_ACTORS",
     "RELAY_EVENTS",
     "Outcome",
-    "AWAY_STATES",
     "TransitionError",
     "transition",
     "call_allows",
@@ -90,30 +93,24 @@ class UserState(enum.Enum):
     OFFLINE = "offline"
     ONLINE = "online"
     IN_CALL = "in_call"
-    RECONNECTING = "reconnecting"  # its connection was lost; its call waits for it
-    AWAY = "away"  # its connection was lost, and its call has ended meanwhile
+    RECONNECTING = "reconnecting"  # the connection of its device in the call was lost; the call waits
 
 
 class UserEvent(enum.Enum):
     JOIN = "join"  # user:join from a socket
     CALL_START = "call_start"  # a call involving the user was created (either side)
     CALL_END = "call_end"  # that call ended, however
-    LEAVE = "leave"  # the socket went, another socket took the user id over, or the grace ended
-    DETACH = "detach"  # its connection was lost while in a call (with a reconnect grace)
-    RETURN = "return"  # it came back within the grace (recovered, or resumed with its token)
+    LEAVE = "leave"  # its last device went (closed, taken over, or its grace ended)
+    DETACH = "detach"  # its device in the call lost its connection (with a reconnect grace)
+    RETURN = "return"  # that device came back within the grace (recovered, or resumed with its token)
 
 
 USER_TRANSITIONS: Final[Mapping[UserState, Mapping[UserEvent, UserState]]] = {
     UserState.OFFLINE: {UserEvent.JOIN: UserState.ONLINE},
     UserState.ONLINE: {UserEvent.CALL_START: UserState.IN_CALL, UserEvent.LEAVE: UserState.OFFLINE},
     UserState.IN_CALL: {UserEvent.CALL_END: UserState.ONLINE, UserEvent.DETACH: UserState.RECONNECTING},
-    UserState.RECONNECTING: {UserEvent.RETURN: UserState.IN_CALL, UserEvent.CALL_END: UserState.AWAY},
-    UserState.AWAY: {UserEvent.RETURN: UserState.ONLINE, UserEvent.LEAVE: UserState.OFFLINE},
+    UserState.RECONNECTING: {UserEvent.RETURN: UserState.IN_CALL, UserEvent.CALL_END: UserState.ONLINE},
 }
-
-
-# The states of a user whose connection is lost and whose reconnect grace runs.
-AWAY_STATES: Final = frozenset({UserState.RECONNECTING, UserState.AWAY})
 
 
 # -- calls --------------------------------------------------------------------------------------
@@ -131,6 +128,7 @@ class CallState(enum.Enum):
 class CallEvent(enum.Enum):
     RING = "ring"  # the callee was sent call:incoming
     ACCEPT = "accept"
+    MERGE = "merge"  # glare: the callee called the caller back while it rang; that answers it
     REJECT = "reject"
     OFFER = "offer"  # relays
     ANSWER = "answer"
@@ -160,6 +158,7 @@ CALL_TRANSITIONS: Final[Mapping[CallState, Mapping[CallEvent, CallState]]] = {
     },
     _S.RINGING: {
         _E.ACCEPT: _S.CONNECTING,
+        _E.MERGE: _S.CONNECTING,
         _E.REJECT: _S.ENDING,
         _E.OFFER: _S.RINGING,
         _E.ANSWER: _S.RINGING,
@@ -192,6 +191,7 @@ _PARTIES = frozenset({Role.CALLER, Role.CALLEE})
 CALL_ACTORS: Final[Mapping[CallEvent, frozenset[Role]]] = {
     _E.RING: frozenset({Role.SERVER}),
     _E.ACCEPT: frozenset({Role.CALLEE}),
+    _E.MERGE: frozenset({Role.CALLEE}),
     _E.REJECT: frozenset({Role.CALLEE}),
     _E.OFFER: _PARTIES,
     _E.ANSWER: _PARTIES,

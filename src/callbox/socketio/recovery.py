@@ -66,7 +66,7 @@ class RecoveryBuffer:
              keep_for: float | None) -> bool:
         """Keep the event just given :attr:`last` as its offset. ``keep_for`` None: the socket is
         detached, nothing may be dropped; False if this goes past a limit (the socket must end)."""
-        size = sum(map(len, messages))
+        size = sum(len(m.encode()) if isinstance(m, str) else len(m) for m in messages)
         events = self._events
         events.append((self.last, now, messages, size))
         self._bytes += size
