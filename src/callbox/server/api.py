@@ -443,7 +443,8 @@ class SocketIO:
     def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
         """Run ``fn(*args)`` as a task of the server (for work that must not block a client's
         reader, such as waiting for that client's ack). Its exceptions are logged."""
-        assert self._nursery is not None, "the server is not running"
+        if self._nursery is None:
+            raise RuntimeError("the server is not running")
 
         async def guarded() -> None:
             try:

@@ -89,7 +89,7 @@ class Transport(Protocol):
         ...
 
     def start_soon(self, fn: Callable[..., Awaitable[object]], *args: Any) -> None:
-        """Run a background task that lives no longer than the server."""
+        """Run a background task that lives no longer than the server (RuntimeError once it is closing)."""
         ...
 
 
@@ -230,9 +230,7 @@ class Signalling:
         grace = self.settings().reconnect_grace
         if lost and grace > 0:
             call = await self.registry.detach(user_id, socket_id)
-            if call is not None:
-                if socket_id not in self.graces:
-                    self._start_grace(user_id, socket_id, grace, call)
+            if call is not None and (socket_id in self.graces or self._start_grace(user_id, socket_id, grace, call)):
                 return
         ended = await self.registry.leave(user_id, socket_id)
         self._end_grace(socket_id, None)
@@ -351,13 +349,19 @@ class Signalling:
 
     # -- reconnect graces -------------------------------------------------------------------------
 
-    def _start_grace(self, user_id: str, socket_id: str, seconds: float, call: Call) -> None:
+    def _start_grace(self, user_id: str, socket_id: str, seconds: float, call: Call) -> bool:
+        """False if the server is closing (nothing may start): the user leaves instead."""
         now = trio.current_time()
-        grace = self.graces[socket_id] = _Grace(user_id, socket_id, trio.CancelScope(deadline=now + seconds), now)
-        self.transport.start_soon(self._wait_grace, grace)
+        grace = _Grace(user_id, socket_id, trio.CancelScope(deadline=now + seconds), now)
+        try:
+            self.transport.start_soon(self._wait_grace, grace)
+        except RuntimeError:
+            return False
+        self.graces[socket_id] = grace
         self.observe.reconnecting(user_id, call.id)
         peer = call.callee if user_id == call.caller else call.caller
         self._tell(call.sockets_of(peer), "call:reconnecting", CallReconnecting(call.id, user_id))
+        return True
 
     def _end_grace(self, socket_id: str, deliver_to: str | None) -> _Grace | None:
         """The grace of the user away on ``socket_id`` ends: its timer stops, and what waited goes to
