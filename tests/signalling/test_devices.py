@@ -208,3 +208,28 @@ async def test_the_grace_waits_for_the_device_in_the_call_only(nursery: trio.Nur
     })
     assert h.registry.calls[call_id].callee_socket == back.socket_id
     assert h.take(d3) == []  # the other device was never part of it
+
+
+async def test_a_new_device_past_the_limit_while_every_device_rings(nursery: trio.Nursery) -> None:
+    h = Harness(nursery, callbox.Config(max_devices=2))
+    alice = await device(h, "alice", "a")
+    d1, d2 = await device(h, "bob", "d1"), await device(h, "bob", "d2")
+    call_id = (await h.emit(alice, "call:initiate", {"to": "bob", "callType": "audio"}))["callId"]
+    d3 = h.connect()
+    assert (await h.emit(d3, "user:join", {"userId": "bob", "deviceId": "d3"}))["ok"]
+    assert h.disconnected == [d1.socket_id]  # ringing is not being in the call: the oldest goes
+    assert h.registry.calls[call_id].ringing == (d2.socket_id, d3.socket_id)
+    assert [e for e, _ in h.take(d3)] == ["user:joined", "call:incoming"]
+
+
+async def test_another_device_answers_while_the_rung_one_is_away(nursery: trio.Nursery) -> None:
+    h = Harness(nursery, callbox.Config(max_devices=2, reconnect_grace=10))
+    alice = await device(h, "alice", "a")
+    d1 = await device(h, "bob", "d1")
+    call_id = (await h.emit(alice, "call:initiate", {"to": "bob", "callType": "audio"}))["callId"]
+    await h.lose(d1)  # the only device it rang: the call waits for it
+    assert h.registry.users["bob"].state.name == "RECONNECTING"
+    d2 = await device(h, "bob", "d2")  # rings too, and answers
+    assert (await h.emit(d2, "call:accept", {"callId": call_id}))["ok"]
+    assert h.registry.users["bob"].state.name == "IN_CALL"
+    assert h.registry.calls[call_id].callee_socket == d2.socket_id

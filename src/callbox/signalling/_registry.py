@@ -108,6 +108,10 @@ class Call(msgspec.Struct, frozen=True, gc=False):
             return (self.caller_socket,)
         return (self.callee_socket,) if self.callee_socket is not None else self.ringing
 
+    def carrier(self, user_id: str) -> str | None:
+        """The device a party is in the call from (None while it rings at the callee's devices)."""
+        return self.caller_socket if user_id == self.caller else self.callee_socket
+
     @property
     def parties(self) -> tuple[str, ...]:
         """Every session the call reaches."""
@@ -318,8 +322,10 @@ class MemoryRegistry:
             return Joined(current)
         replaced = next((d for d in current.devices if d.device_id == device_id), None)
         if replaced is None and len(current.devices) >= max_devices:
-            in_call = self.calls[current.call_id].sockets_of(user_id) if current.call_id else ()
-            spare = [d for d in current.devices if d.socket_id not in in_call or max_devices == 1]
+            # The least recently active device not in a call (ringing is not being in it): with one
+            # device allowed, that one, in a call or not.
+            carrier = self.calls[current.call_id].carrier(user_id) if current.call_id else None
+            spare = [d for d in current.devices if d.socket_id != carrier or max_devices == 1]
             replaced = min(spare, key=lambda d: d.active)
         ended = None
         if replaced is not None:
@@ -422,6 +428,10 @@ class MemoryRegistry:
 
     def _answer(self, call: Call, user_id: str, socket_id: str, event: CallEvent) -> Accepted:
         elsewhere = tuple(s for s in call.ringing if s != socket_id)
+        user = self.users[user_id]
+        if user.state is UserState.RECONNECTING:
+            # The call rang at a device that is away; another one answers: the user is back in it.
+            self._user_moves(user, UserEvent.RETURN, user.call_id)
         self._touch(self.users[user_id], socket_id)
         return Accepted(self._call_moves(call, event, callee_socket=socket_id, ringing=()), elsewhere)
 
