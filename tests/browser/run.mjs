@@ -529,8 +529,10 @@ async function leave(ctx) {
   const pollingAt = Date.now();
   await c.page.close({ runBeforeUnload: true });
   ctx.users.splice(ctx.users.indexOf(c), 1);
-  const pollingWords = await a.waitOutcome("disconnected");
+  // The outcome's tag is "disconnected" already (bob's call): wait for the words about carol.
+  await a.waitFor("told carol's call ended", () => document.getElementById("outcome").textContent.startsWith("carol "));
   const pollingEndedAfter = Date.now() - pollingAt;
+  const pollingWords = await a.waitOutcome("disconnected");
   check(pollingWords === "carol lost the connection; the call ended.", `alice: ${pollingWords}`);
   check(pollingEndedAfter < 2000, `alice was told the call ended ${pollingEndedAfter} ms after carol's tab closed`);
   check((await a.events("call:reconnecting")).length === 0, "alice was told carol is reconnecting when her tab closed");
@@ -669,8 +671,11 @@ async function main() {
     const overall = new Promise((_, reject) => {
       timer = setTimeout(() => reject(new Error(`scenario took over ${SCENARIO_TIMEOUT / 1000} s`)), SCENARIO_TIMEOUT);
     });
-    detail = await Promise.race([SCENARIOS[name](ctx), overall]);
-    clearTimeout(timer);
+    try {
+      detail = await Promise.race([SCENARIOS[name](ctx), overall]);
+    } finally {
+      clearTimeout(timer); // a failed scenario's report need not wait for it
+    }
     // How every page looks at the end, for people to check what it says.
     await screenshotPages(ctx.browser, ctx.users, path.join(opt.artifacts, `${name}-end.png`));
     for (const u of ctx.users) check(u.problems.length === 0, `${u.name}: errors in the page: ${u.problems.join("; ")}`);
