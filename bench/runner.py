@@ -161,10 +161,11 @@ CALLBOX_LIMITS = {
     "--event-rate": "1000000000",
     "--event-burst": "1000000000",
 }
-# What the peers run without by default, off here too so that each server does the same work per
-# event: connection state recovery (an offset per event, the events kept per socket) is off in
-# Node's socket.io unless asked for; the callbox command turns it on by default.
-CALLBOX_AS_PEERS = {"--recovery-window": "0"}
+# What the peers do not have, off here too so that each server does the same work per event and the
+# same protocol check passes: connection state recovery (an offset per event, the events kept per
+# socket) is off in Node's socket.io unless asked for, and the peers end a call at once when a
+# party's connection drops (no reconnect grace); the callbox command turns both on by default.
+CALLBOX_AS_PEERS = {"--recovery-window": "0", "--reconnect-grace": "0"}
 _flags: set[str] = set()
 
 
