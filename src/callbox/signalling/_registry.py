@@ -131,7 +131,8 @@ class Accepted(msgspec.Struct, frozen=True, gc=False):
 
 
 class Returned(msgspec.Struct, frozen=True, gc=False):
-    user: User  # as it is now, on its new session
+    user: User  # as it is now
+    socket_id: str  # the session the device came back on
     previous_socket: str  # the session it came back from (the same one when recovered)
     call: Call | None  # its call, now reaching it on its new session; None if it ended meanwhile
 
@@ -393,7 +394,7 @@ class MemoryRegistry:
                 call = self._moved(call, callee_socket=socket_id)
             else:
                 call = self._moved(call, ringing=tuple(socket_id if s == previous else s for s in call.ringing))
-        return Returned(user, previous, call)
+        return Returned(user, socket_id, previous, call)
 
     def _moved(self, call: Call, **changes: object) -> Call:
         """The call reaches a party on another session (no move of its machine)."""

@@ -388,10 +388,10 @@ class Signalling:
         self.observe.online((await self.registry.counts())[0])
 
     def _welcome_back(self, back: Returned) -> None:
-        """A user is back on ``back.user.socket_id``: what waited goes out, then both parties hear
-        that the call goes on."""
+        """A device is back on ``back.socket_id``: what waited goes out, then both parties hear that
+        the call goes on."""
         user = back.user
-        grace = self._end_grace(back.previous_socket, user.socket_id)
+        grace = self._end_grace(back.previous_socket, back.socket_id)
         if grace is not None:
             self.observe.returned(user.id, trio.current_time() - grace.since)
         call = back.call
