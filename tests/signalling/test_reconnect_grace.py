@@ -30,9 +30,9 @@ async def live(h: Harness) -> tuple[Session, Session, str]:
 
 
 def token_of(h: Harness, session: Session) -> str:
-    user = h.registry.users[session.user_id or ""]
-    assert user.resume_token is not None
-    return user.resume_token
+    device = h.registry.users[session.user_id or ""].device(session.socket_id)
+    assert device is not None and device.resume_token is not None
+    return device.resume_token
 
 
 async def test_join_gives_a_resume_token_only_with_a_grace(nursery: trio.Nursery) -> None:

@@ -69,10 +69,6 @@ class User(msgspec.Struct, frozen=True, gc=False):
         return self.devices[0].socket_id
 
     @property
-    def resume_token(self) -> str | None:
-        return self.devices[0].resume_token
-
-    @property
     def reachable(self) -> bool:
         """Whether a device of it is connected (one that is away cannot be rung)."""
         return any(not d.away for d in self.devices)
