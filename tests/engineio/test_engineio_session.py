@@ -271,6 +271,20 @@ def test_close_from_client_over_websocket() -> None:
     assert s.receive_ws_binary(b"late", 0.0) is None
 
 
+@pytest.mark.parametrize(("waited", "reason"), [
+    (0.0, CloseReason.CLIENT_CLOSE),  # a ping just sent: the pong is simply on its way
+    (TIMEOUT / 2 - 0.01, CloseReason.CLIENT_CLOSE),
+    (TIMEOUT / 2, CloseReason.TRANSPORT_CLOSE),  # the client gave up on a link that lost our ping
+])
+def test_a_goodbye_while_our_ping_goes_unanswered_is_a_lost_connection(waited: float, reason: CloseReason) -> None:
+    s = make(websocket=True)
+    pinged_at = T0 + INTERVAL
+    s.handle_timeout(pinged_at)
+    assert s.take_output() == ["2"]
+    assert s.receive_ws_text("1", pinged_at + waited) == (None, None)
+    assert s.close_reason is reason
+
+
 # -- polling conflicts and aborts ---------------------------------------------------------------
 
 

@@ -335,6 +335,14 @@ class EngineSession:
         self._outbox_bytes = 0
         self._effects.append(Effect.LOST)
 
+    def goodbye(self, now: float) -> None:
+        """The client closed the session (a close packet, or a WebSocket close frame). A goodbye
+        while our ping has waited half its timeout for a pong is a client giving up on a broken
+        link (socket.io-client closes its transport on its own ping timeout, which falls when ours
+        does): that is a lost connection, not a leave."""
+        giving_up = self.heartbeat is Heartbeat.AWAITING_PONG and now >= self._heartbeat_at - self.ping_timeout / 2
+        self.lost(CloseReason.TRANSPORT_CLOSE if giving_up else CloseReason.CLIENT_CLOSE)
+
     # -- heartbeat and deadlines --------------------------------------------------------------
 
     def next_deadline(self) -> float:
@@ -441,7 +449,7 @@ class EngineSession:
                 raise EngineIOProtocolError("pong on a WebSocket that is still probing")
             self._pong(now)
         elif ptype is PacketType.CLOSE:
-            self.lost(CloseReason.CLIENT_CLOSE)
+            self.goodbye(now)
         elif ptype is PacketType.NOOP:
             pass
         else:

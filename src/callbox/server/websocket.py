@@ -237,7 +237,8 @@ async def _handle_read(server: EngineServer, sock: EngineSocket, ws: WSCodec, sc
             assert kind == CLOSE and isinstance(payload, int)
             control.append(ws.close(payload))  # echo its code (none: an empty close)
             if sock._ws is ws:  # the client said goodbye (a probe's close ends only the probe)
-                sock.lose(CloseReason.CLIENT_CLOSE)
+                core.goodbye(trio.current_time())
+                apply(sock)
             raise _Done
         apply(sock)
         if scope is not None and sock._ws is ws and sock._ws_scope is not scope:
