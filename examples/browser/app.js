@@ -10,7 +10,17 @@
 // the page says "reconnecting…". Only a clean leave (hang-up, a closed tab) or the grace running
 // out ends the call.
 //
-// Query options: ?user=alice&peer=bob prefill the two ids; ?transport=polling (or websocket)
+// Several devices (a phone and a laptop): the page joins with a `deviceId` of its own, made once
+// per browser profile and kept in localStorage, so a server run with --max-devices N > 1 lets the
+// same user id be signed in here and elsewhere at once. A call rings every device; when another one
+// answers or declines it, the ringing stops here and the page says so ("answered on another
+// device", "declined on another device"). Glare: when two people call each other at the same
+// moment the server merges the two calls into one (`call:accepted {merged: true}`, and the ack of
+// `call:initiate` may say `merged: true`); the caller of the call it kept makes the offer, the other
+// side (its callee, `by`) waits for it, as protocol/signalling.md (Glare) says.
+//
+// Query options: ?user=alice&peer=bob prefill the two ids; ?device=ID uses that device id instead of
+// this profile's (several devices in one browser); ?transport=polling (or websocket)
 // forces socket.io-client's transports; ?token=JWT is sent at connect, for a server run with
 // --auth-secret (the token's `sub` is the user id it may join as).
 "use strict";
@@ -41,6 +51,29 @@ let call = null; // {id, peer, type, role: "caller"|"callee", pc, local, queued,
 let shown = "offline"; // the state on screen (body[data-state])
 let lastPeer = ""; // whom the last call was with (for words about a refusal that comes after it)
 let lastAckRefusal = { code: "", at: 0 }; // a server that also sends the ack's refusal as `error`
+let crossed = null; // {callId, from, callType}: a call:incoming that came while we were placing a call
+
+// This browser's device id: made once, kept in localStorage. A reload is the same device (it replaces
+// its old connection, nothing else); another browser or profile is another device. Two tabs of one
+// profile signed in as the same user are one device too: the newer replaces the older, as a reload
+// would. The server never sends it to anyone.
+const DEVICE_KEY = "callbox.deviceId";
+const DEVICE_ID = /^[A-Za-z0-9_.@:+-]{1,64}$/; // the user-id alphabet, 1-64 characters
+const deviceId = params.get("device") ?? profileDeviceId();
+
+function profileDeviceId() {
+  const fresh = () => `web-${[...crypto.getRandomValues(new Uint8Array(12))].map((b) => b.toString(16).padStart(2, "0")).join("")}`;
+  try {
+    let id = localStorage.getItem(DEVICE_KEY);
+    if (!id || !DEVICE_ID.test(id)) {
+      id = fresh();
+      localStorage.setItem(DEVICE_KEY, id);
+    }
+    return id;
+  } catch {
+    return fresh(); // no storage here (blocked, a file: page): a device for this page only
+  }
+}
 
 const transport = params.get("transport");
 const token = params.get("token");
@@ -120,7 +153,7 @@ function errorWords(code, message, peer) {
   switch (code) {
     case "USER_OFFLINE": return `${peer} is not online.`;
     case "USER_BUSY": return `${peer} is busy in another call.`;
-    case "ALREADY_IN_CALL": return "You are already in a call.";
+    case "ALREADY_IN_CALL": return "You are already in a call (here or on another device).";
     case "INVALID_TARGET": return "You cannot call yourself.";
     case "CALL_NOT_FOUND": return "That call is already over.";
     case "RATE_LIMITED": return "Too many calls in a short time. Wait a minute and try again.";
@@ -136,8 +169,9 @@ function errorWords(code, message, peer) {
 const hideSecrets = (key, value) => (key === "credential" || key === "resumeToken" ? "…" : value);
 
 // Emit with an ack: `onOk(ack)` on success; a refusal is told here (the server then sends no
-// `error` event for it).
-function request(event, payload, onOk, onRefused) {
+// `error` event for it), unless `stale()` says it no longer matters (the call it was about ended
+// meanwhile, and the page has said how).
+function request(event, payload, onOk, onRefused, stale = () => false) {
   log(`→ ${event} ${JSON.stringify(payload, hideSecrets)}`);
   socket.timeout(10000).emit(event, payload, (err, ack) => {
     if (err) {
@@ -146,7 +180,7 @@ function request(event, payload, onOk, onRefused) {
     } else if (ack && ack.ok === false) {
       log(`← ack ${event} ${JSON.stringify(ack)}`);
       lastAckRefusal = { code: ack.code, at: Date.now() };
-      tell(errorWords(ack.code, ack.message, payload.to ?? call?.peer ?? lastPeer), "error", ack.code);
+      if (!stale()) tell(errorWords(ack.code, ack.message, payload.to ?? call?.peer ?? lastPeer), "error", ack.code);
       onRefused?.(ack);
     } else {
       onOk?.(ack ?? {});
@@ -236,7 +270,7 @@ function join(userId, resume = null) {
   wantedId = userId;
   if (!socket.active) socket.connect(); // the server closed this connection (an id taken over)
   ui.joinButton.disabled = true;
-  const payload = resume ? { userId, resumeToken: resume } : { userId };
+  const payload = resume ? { userId, deviceId, resumeToken: resume } : { userId, deviceId };
   request("user:join", payload, null, () => {
     wantedId = me;
     ui.joinButton.disabled = false;
@@ -280,7 +314,7 @@ socket.on("user:joined", (data) => {
 
 function newCall(fields) {
   lastPeer = fields.peer;
-  return { id: null, pc: null, local: null, queued: [], ending: false, cancelWanted: false, peerAway: false, ...fields };
+  return { id: null, pc: null, local: null, media: null, queued: [], ending: false, cancelWanted: false, peerAway: false, ...fields };
 }
 
 ui.dialForm.addEventListener("submit", (e) => {
@@ -291,9 +325,17 @@ ui.dialForm.addEventListener("submit", (e) => {
   const c = (call = newCall({ peer, type, role: "caller" }));
   ui.outcome.hidden = true;
   setState("calling");
+  crossed = null;
   request("call:initiate", { to: peer, callType: type },
+    // `merged: true`: the other side's call to us was ringing here, and this answered it (glare);
+    // call:accepted came first and said who offers.
     (ack) => knowCallId(c, ack.callId),
-    () => { if (call === c) finishCall(null); });
+    (ack) => {
+      if (call !== c) return;
+      finishCall(null);
+      // A call to us from someone else came while ours went out: the server kept that one.
+      if (ack.code === "ALREADY_IN_CALL" && crossed) ring(crossed);
+    });
   // The camera and microphone start while it rings, so you see yourself before the answer.
   getMedia(c);
 });
@@ -317,13 +359,29 @@ socket.on("call:initiated", ({ callId, to }) => {
 
 socket.on("call:incoming", ({ from, callType, callId }) => {
   log(`← call:incoming from ${from} (${callType}) ${callId}`);
-  if (call) return; // the server keeps us free of a second call; nothing to do if it happens
+  if (call) {
+    // We are placing a call ourselves: it crossed ours on the wire. When it is from the one we
+    // call, the server merges the two (call:accepted {merged: true} follows); otherwise ours is
+    // refused (ALREADY_IN_CALL) and this one rings.
+    if (call.role === "caller" && call.id === null) crossed = { callId, from, callType };
+    return;
+  }
+  ring({ callId, from, callType });
+});
+
+function ring({ callId, from, callType }) {
+  crossed = null;
   call = newCall({ id: callId, peer: from, type: callType, role: "callee" });
   ui.outcome.hidden = true;
   ui.caller.textContent = from;
   ui.incomingType.textContent = `(${callType} call)`;
   setState("ringing");
-});
+}
+
+// A call that crossed ours ended before we knew what became of ours: forget it.
+function forgetCrossed(callId) {
+  if (crossed?.callId === callId) crossed = null;
+}
 
 ui.accept.addEventListener("click", async () => {
   const c = call;
@@ -331,14 +389,18 @@ ui.accept.addEventListener("click", async () => {
   ui.accept.disabled = ui.reject.disabled = true;
   await getMedia(c); // ready before the offer comes, so the answer carries our tracks
   if (call !== c || c.ending) return;
-  request("call:accept", { callId: c.id, from: c.peer }, null, () => { if (call === c) finishCall(null); });
+  // Another device of ours may answer first: then call:ended (answered_elsewhere) has said so, and
+  // the late accept's CALL_NOT_FOUND is not worth telling.
+  request("call:accept", { callId: c.id, from: c.peer }, null, () => { if (call === c) finishCall(null); },
+    () => call !== c);
 });
 
 ui.reject.addEventListener("click", () => {
   const c = call;
   if (!c || c.role !== "callee") return;
   ui.accept.disabled = ui.reject.disabled = true;
-  request("call:reject", { callId: c.id, from: c.peer }, null, () => { if (call === c) finishCall(null); });
+  request("call:reject", { callId: c.id, from: c.peer }, null, () => { if (call === c) finishCall(null); },
+    () => call !== c);
 });
 
 // -- hanging up, cancelling ------------------------------------------------------------------
@@ -362,16 +424,28 @@ function ours(callId) {
   return call && (call.id === callId || (call.id === null && call.role === "caller"));
 }
 
-socket.on("call:accepted", ({ callId, by }) => {
-  log(`← call:accepted by ${by}`);
+socket.on("call:accepted", ({ callId, by, merged }) => {
+  log(`← call:accepted by ${by}${merged ? " (merged: we called each other at once)" : ""}`);
+  forgetCrossed(callId);
   if (!ours(callId)) return;
   call.id = callId;
+  if (merged) {
+    // Glare: we and the other side called each other, and the server kept one of the two calls.
+    // `by` is that call's callee, the polite peer: it waits for the offer. Its caller offers. (It
+    // may be either of us: whichever call:initiate the server handled first made the call.)
+    const kept = crossed?.callId === callId ? crossed : null;
+    call.role = by === me ? "callee" : "caller";
+    if (call.role === "callee" && kept) call.type = kept.callType; // the kept call is theirs
+    tell(`You and ${call.peer} called each other at once: one call.`, "info", "merged");
+  }
+  crossed = null;
   if (!call.ending) setState("connecting");
   if (call.role === "caller") sendOffer(call);
 });
 
 socket.on("call:rejected", ({ callId, by }) => {
   log(`← call:rejected by ${by}`);
+  forgetCrossed(callId);
   if (!ours(callId)) return;
   finishCall(by === me ? `You declined the call from ${call.peer}.` : `${by} declined the call.`,
     "info", "rejected");
@@ -379,6 +453,7 @@ socket.on("call:rejected", ({ callId, by }) => {
 
 socket.on("call:timeout", ({ callId }) => {
   log(`← call:timeout ${callId}`);
+  forgetCrossed(callId);
   if (!ours(callId)) return;
   finishCall(call.role === "caller" ? `${call.peer} did not answer.` : `You missed a call from ${call.peer}.`,
     "info", "timeout");
@@ -386,6 +461,7 @@ socket.on("call:timeout", ({ callId }) => {
 
 socket.on("call:ended", ({ callId, by, reason }) => {
   log(`← call:ended by ${by} (${reason})`);
+  forgetCrossed(callId);
   if (!ours(callId)) return;
   const peer = call.peer;
   const words = {
@@ -394,8 +470,12 @@ socket.on("call:ended", ({ callId, by, reason }) => {
     disconnected: `${peer} lost the connection; the call ended.`,
     replaced: `${peer} joined from another tab or device; the call ended.`,
     server_shutdown: "The server is shutting down; the call ended.",
+    // Another device of ours (another browser, the phone) took the call, or turned it down.
+    answered_elsewhere: `The call from ${peer} was answered on another device.`,
+    rejected_elsewhere: `The call from ${peer} was declined on another device.`,
   }[reason] ?? `The call ended (${reason}).`;
-  finishCall(words, reason === "hangup" || reason === "cancelled" ? "info" : "error", reason);
+  const calm = ["hangup", "cancelled", "answered_elsewhere", "rejected_elsewhere"].includes(reason);
+  finishCall(words, calm ? "info" : "error", reason);
 });
 
 // The other party's connection dropped: the server keeps the call for a while, and the media
@@ -428,9 +508,14 @@ socket.on("error", (err) => {
 // -- WebRTC ----------------------------------------------------------------------------------
 
 // Camera and microphone for this call (microphone only for an audio call). Without them the call
-// still goes on, receiving only, and the page says so.
-async function getMedia(c) {
-  if (c.local) return;
+// still goes on, receiving only, and the page says so. Asked once per call: whoever needs them next
+// (the offer, the answer) waits for the same request.
+function getMedia(c) {
+  c.media ??= openMedia(c);
+  return c.media;
+}
+
+async function openMedia(c) {
   try {
     c.local = await navigator.mediaDevices.getUserMedia({ audio: true, video: c.type === "video" });
   } catch (err) {
@@ -505,6 +590,9 @@ async function sendOffer(c) {
   }
 }
 
+// Only the callee answers an offer; this page's callee never makes one (not even after a merge), so
+// offers cannot collide here. Were they to (another app on the other side offering on its own), the
+// caller is the impolite peer and ignores the other's offer, as perfect negotiation has it.
 socket.on("call:offer", async ({ offer, from, callId }) => {
   log(`← call:offer from ${from}`);
   const c = call;
@@ -587,4 +675,5 @@ window.demo = {
   get resumeToken() { return resumeToken; },
   get reconnecting() { return awayUser(); },
   get state() { return document.body.dataset.state; },
+  deviceId,
 };

@@ -146,12 +146,15 @@ class User {
   }
 }
 
-async function openUser(browser, base, name, peer, { transport, token, join = true, via } = {}) {
+// Each user is a page in a browser context of its own: another browser profile, so another device
+// (the page keeps its deviceId in the profile's localStorage). `label` names a second device of one
+// user in the report (the user id is `name`).
+async function openUser(browser, base, name, peer, { transport, token, join = true, via, label } = {}) {
   if (via) base = via.url; // through a TcpProxy
   const context = await browser.newContext({ viewport: { width: 760, height: 820 } });
   const page = await context.newPage();
   page.setDefaultTimeout(STEP_TIMEOUT);
-  const user = new User(name, page);
+  const user = new User(label ?? name, page);
   const query = new URLSearchParams({ user: name, peer });
   if (transport) query.set("transport", transport);
   if (token) query.set("token", token);
@@ -160,7 +163,7 @@ async function openUser(browser, base, name, peer, { transport, token, join = tr
   await page.click("#join");
   await page.waitForFunction((n) => window.demo?.me === n, name);
   await user.waitState("idle");
-  step(`${name} joined`, { transport: await page.evaluate(() => window.demo.socket.io.engine.transport.name) });
+  step(`${user.name} joined`, { transport: await page.evaluate(() => window.demo.socket.io.engine.transport.name) });
   return user;
 }
 
@@ -540,7 +543,139 @@ async function leave(ctx) {
   return { chromium: ctx.browser.version(), offline, tabClose, pollingTabClose: { endedAfterMs: pollingEndedAfter } };
 }
 
+// Several devices (issue 13, callbox --max-devices 2): bob is signed in on two pages (two browser
+// profiles, so two deviceIds), alice on one. A call rings both of bob's pages. bob declines on one:
+// the other stops ringing and says "declined on another device". alice calls again and bob answers
+// on the first: the second stops ringing and says "answered on another device", and the call
+// connects with video both ways between alice and the page that answered. The second page, reloaded,
+// is the same device (its deviceId kept in localStorage): the call on the first goes on.
+async function devices(ctx) {
+  const a = await ctx.user("alice", "bob");
+  const b1 = await ctx.user("bob", "alice", { label: "bob-1" });
+  const b2 = await ctx.user("bob", "alice", { label: "bob-2" });
+  const bobs = [b1, b2];
+  const deviceOf = (u) => u.page.evaluate(() => [window.demo.deviceId, localStorage.getItem("callbox.deviceId")]);
+  const ids = { "bob-1": await deviceOf(b1), "bob-2": await deviceOf(b2) };
+  for (const [who, [id, stored]] of Object.entries(ids)) check(id && id === stored, `${who}: deviceId ${id}, stored ${stored}`);
+  check(ids["bob-1"][0] !== ids["bob-2"][0], `both bob pages are device ${ids["bob-1"][0]}`);
+  check(await b1.state() === "idle", `bob-1 was signed out when bob-2 joined: ${await b1.words()}`);
+  for (const u of [a, ...bobs]) await u.recordEvents();
+
+  await a.page.click("#audio-call");
+  await Promise.all(bobs.map((u) => u.waitState("ringing")));
+  await b2.page.click("#reject");
+  const declined = { alice: await a.waitOutcome("rejected"), "bob-2": await b2.waitOutcome("rejected"),
+    "bob-1": await b1.waitOutcome("rejected_elsewhere") };
+  await Promise.all([a, ...bobs].map((u) => u.waitState("idle")));
+  check(declined.alice === "bob declined the call." && declined["bob-2"] === "You declined the call from alice."
+    && declined["bob-1"] === "The call from alice was declined on another device.", `declined: ${JSON.stringify(declined)}`);
+  step("declined on one device", declined);
+
+  await a.page.click("#video-call");
+  await Promise.all(bobs.map((u) => u.waitState("ringing")));
+  const rung = await Promise.all([a, ...bobs].map((u) => u.page.evaluate(() => window.demo.call?.id)));
+  check(rung[0] && rung.every((id) => id === rung[0]), `not one call id on the three pages: ${rung}`);
+  check((await b2.page.textContent("#caller")) === "alice", "bob-2: the incoming call is not from alice");
+  await b1.page.click("#accept");
+  const elsewhere = await b2.waitOutcome("answered_elsewhere");
+  await b2.waitState("idle");
+  check(elsewhere === "The call from alice was answered on another device.", `bob-2: ${elsewhere}`);
+  const left = await b2.page.evaluate(() => ({ pc: window.demo.pc, incomingHidden: document.getElementById("incoming-panel").hidden,
+    local: document.getElementById("local-video").srcObject }));
+  check(left.pc === null && left.incomingHidden && left.local === null, `bob-2 still rings or holds media: ${JSON.stringify(left)}`);
+  const ended = (await b2.events("call:ended")).map((e) => e.payload);
+  check(ended.length === 1 && ended[0].callId === rung[0] && ended[0].by === "bob" && ended[0].reason === "answered_elsewhere",
+    `bob-2's call:ended: ${JSON.stringify(ended)}`);
+  step("answered on another device", { words: elsewhere });
+
+  await Promise.all([waitConnected(a), waitConnected(b1)]);
+  const frames = [await allFrames([a, b1])];
+  await sleep(1000);
+  frames.push(await allFrames([a, b1]));
+  for (const u of ["alice", "bob-1"]) check(frames[1][u] > frames[0][u] + 10, `${u}: video frames decoded do not rise: ${frames.map((f) => f[u])}`);
+  const ice = { alice: await checkLoopback(a), "bob-1": await checkLoopback(b1) };
+  step("alice and bob-1 connected, video both ways", { frames });
+  const accepted = (await a.events("call:accepted")).map((e) => e.payload);
+  check(accepted.length === 1 && accepted[0].callId === rung[0] && accepted[0].by === "bob" && !accepted[0].merged,
+    `alice's call:accepted: ${JSON.stringify(accepted)}`);
+  const screenshot = await screenshotPages(ctx.browser, [a, b1, b2], path.join(opt.artifacts, `${ctx.name}-answered-elsewhere.png`));
+  if (opt["screenshot-copy"]) copyFileSync(screenshot.replace(/\.png$/, "-bob-2.png"), opt["screenshot-copy"]);
+
+  // A reload of bob-2 is the same device again: it replaces only itself; bob-1's call goes on.
+  await b2.page.reload();
+  await b2.page.click("#join");
+  await b2.page.waitForFunction(() => window.demo?.me === "bob");
+  await b2.waitState("idle");
+  const reloaded = await deviceOf(b2);
+  check(reloaded[0] === ids["bob-2"][0], `bob-2 is device ${reloaded[0]} after a reload, ${ids["bob-2"][0]} before`);
+  check((await b1.events("error")).length === 0, `bob-1 got errors: ${JSON.stringify(await b1.events("error"))}`);
+  await callAsBefore([a, b1], 2000);
+
+  await a.page.click("#hangup");
+  const hungUp = { alice: await a.waitOutcome("hangup"), "bob-1": await b1.waitOutcome("hangup") };
+  await Promise.all([a.waitState("idle"), b1.waitState("idle")]);
+  check(hungUp["bob-1"] === "alice hung up.", `bob-1: ${hungUp["bob-1"]}`);
+  return { deviceIds: ids, declined, answeredElsewhere: elsewhere, frames, ice, hungUp, screenshot };
+}
+
+// Glare (issue 13): alice and bob call each other at the same moment, and get one call. bob's
+// signalling goes through a TcpProxy that holds what callbox sends him, so that alice's call, which
+// rings his pages, is still on its way to this one when he presses "video call": the server merges
+// his call:initiate into alice's call (kept: the server had it first). alice, its caller, makes the
+// offer; bob, its callee, answers it. bob's other page (--max-devices 2) stops ringing, answered on
+// another device: the one that called.
+async function glare(ctx) {
+  const proxy = await ctx.proxy();
+  const a = await ctx.user("alice", "bob");
+  const b1 = await ctx.user("bob", "alice", { via: proxy, label: "bob-1" });
+  const b2 = await ctx.user("bob", "alice", { label: "bob-2" });
+  for (const u of [a, b1, b2]) await u.recordEvents();
+  await b1.waitFor("on WebSocket", () => window.demo.socket.io.engine?.transport?.name === "websocket");
+  proxy.hold();
+  await a.page.click("#video-call");
+  await b2.waitState("ringing"); // and bob-1 rings too, but has not heard yet
+  check(await b1.state() === "idle", `bob-1 heard of alice's call through the held proxy: ${await b1.words()}`);
+  await b1.page.click("#video-call");
+  const elsewhere = await b2.waitOutcome("answered_elsewhere"); // the server merged the calls
+  await a.waitState("connecting");
+  const held = proxy.release();
+  step("bob-1 called alice while her call was on its way to him", { heldChunks: held });
+  await Promise.all([waitConnected(a), waitConnected(b1)]);
+  const frames = [await allFrames([a, b1])];
+  await sleep(1000);
+  frames.push(await allFrames([a, b1]));
+  for (const u of ["alice", "bob-1"]) check(frames[1][u] > frames[0][u] + 10, `${u}: video frames decoded do not rise: ${frames.map((f) => f[u])}`);
+  const callId = await a.page.evaluate(() => window.demo.call.id);
+  const got = {};
+  for (const u of [a, b1]) {
+    got[u.name] = {
+      accepted: (await u.events("call:accepted")).map((e) => e.payload),
+      initiated: (await u.events("call:initiated")).map((e) => e.payload),
+      incoming: (await u.events("call:incoming")).map((e) => e.payload),
+      offersSent: (await u.log()).filter((line) => line.includes("→ call:offer")).length,
+      call: await u.page.evaluate(() => ({ id: window.demo.call.id, role: window.demo.call.role })),
+    };
+  }
+  for (const u of ["alice", "bob-1"]) {
+    const { accepted } = got[u];
+    check(accepted.length === 1 && accepted[0].callId === callId && accepted[0].by === "bob" && accepted[0].merged === true,
+      `${u}'s call:accepted: ${JSON.stringify(accepted)}`);
+  }
+  check(got.alice.call.role === "caller" && got.alice.offersSent === 1 && got.alice.initiated.length === 1,
+    `alice (the kept call's caller): ${JSON.stringify(got.alice)}`);
+  check(got["bob-1"].call.role === "callee" && got["bob-1"].call.id === callId && got["bob-1"].offersSent === 0
+    && got["bob-1"].initiated.length === 0 && got["bob-1"].incoming.length === 1, `bob-1 (its callee, polite): ${JSON.stringify(got["bob-1"])}`);
+  check(elsewhere === "The call from alice was answered on another device.", `bob-2: ${elsewhere}`);
+  step("one call, alice offered, bob answered", { frames, got });
+  await b1.page.click("#hangup");
+  const hungUp = { alice: await a.waitOutcome("hangup"), "bob-1": await b1.waitOutcome("hangup") };
+  check(hungUp.alice === "bob hung up.", `alice: ${hungUp.alice}`);
+  return { frames, got, elsewhere, hungUp };
+}
+
 const SCENARIOS = {
+  devices,
+  glare,
   blip: (ctx) => blip(ctx),
   "blip-resume": (ctx) => blip(ctx, { recovery: false, CUT: 3000 }),
   leave,
@@ -633,6 +768,7 @@ async function main() {
   // each session ended.
   if (["blip", "blip-resume", "leave"].includes(name)) serverArgs.push("--log-format", "json");
   if (name === "blip-resume") serverArgs.push("--recovery-window", "0");
+  if (["devices", "glare"].includes(name)) serverArgs.push("--max-devices", "2");
   if (name === "audio") {
     serverArgs.push("--auth-secret", AUTH_SECRET, "--stun-urls", "stun:127.0.0.1:3478",
       "--turn-urls", "turn:127.0.0.1:3478?transport=udp", "--turn-secret", "e2e-turn-secret");

@@ -1,6 +1,7 @@
 // A TCP proxy for the browser test: a page reaches callbox through it, so the test can cut that
 // page's signalling (every connection dropped, new ones refused) while its WebRTC media, which goes
-// peer to peer, is untouched.
+// peer to peer, is untouched. It can also hold what callbox sends the page for a while (the page's
+// own requests still go through): events in flight, as when two people call each other at once.
 //
 // It also reads what the browser sends on each WebSocket (after the HTTP upgrade) far enough to see
 // a close frame and its code: that is how the test learns what Chromium says when a tab closes.
@@ -58,6 +59,7 @@ export class TcpProxy {
     this.pairs = new Set();
     this.websockets = []; // {opened, closeFrame: {code, reason, at} | null, ended: "client" | "server" | "cut" | null}
     this.accepted = 0;
+    this.held = null; // [socket, chunk] from callbox, waiting for release(); null when not holding
   }
 
   get url() {
@@ -92,7 +94,10 @@ export class TcpProxy {
       this.inspect(pair, chunk);
       upstream.write(chunk);
     });
-    upstream.on("data", (chunk) => client.write(chunk));
+    upstream.on("data", (chunk) => {
+      if (this.held) this.held.push([client, chunk]);
+      else client.write(chunk);
+    });
     client.on("end", () => upstream.end());
     upstream.on("end", () => client.end());
     client.on("close", () => end("client"));
@@ -138,6 +143,19 @@ export class TcpProxy {
     }
     this.pairs.clear();
     await closed;
+  }
+
+  // What callbox sends from now on waits here, in order, until release(); what the page sends
+  // still goes on at once.
+  hold() {
+    this.held ??= [];
+  }
+
+  release() {
+    const held = this.held ?? [];
+    this.held = null;
+    for (const [client, chunk] of held) if (!client.destroyed) client.write(chunk);
+    return held.length;
   }
 
   // The network is back: listen again on the same port.

@@ -14,10 +14,18 @@ close frame with 1001 when a tab closes (callbox sees "client close" and the cal
 after the grace), and that a tab on long-polling ends its call at once too (the page's
 "beforeunload" Socket.IO disconnect).
 
+Several devices and glare (issue 13, callbox ``--max-devices 2``): in ``devices`` bob is signed in on
+two pages (two browser profiles, two deviceIds); alice's call rings both; a decline on one says
+"declined on another device" on the other; an answer on one says "answered on another device" on the
+other, and alice and the page that answered have video both ways. In ``glare`` alice and bob call
+each other at once (what callbox sends bob is held in the TCP proxy meanwhile, so that alice's call
+has not reached him when he presses "call"): one call, alice (its caller) offers, bob answers.
+
 Needs Debian's ``chromium`` at /usr/bin/chromium and ``npm ci`` in examples/browser and
 tests/browser. The mid-call screenshot lands in test-artifacts/browser/ (the path is printed);
 ``CALLBOX_UPDATE_SCREENSHOT=1`` also copies it to examples/browser/screenshot.png for the README,
-and alice's page while bob is reconnecting to examples/browser/reconnecting.png.
+alice's page while bob is reconnecting to examples/browser/reconnecting.png, and bob's second page
+saying "answered on another device" to examples/browser/answered-elsewhere.png.
 """
 
 from __future__ import annotations
@@ -59,8 +67,9 @@ pytestmark = [
 ]
 
 SCENARIOS = ["call", "call-polling", "call-wss", "audio", "reject", "cancel", "timeout", "busy-offline-takeover",
-             "blip", "blip-resume", "leave"]
-SCREENSHOTS = {"call": "screenshot.png", "blip": "reconnecting.png"}  # what CALLBOX_UPDATE_SCREENSHOT refreshes
+             "blip", "blip-resume", "leave", "devices", "glare"]
+# what CALLBOX_UPDATE_SCREENSHOT refreshes
+SCREENSHOTS = {"call": "screenshot.png", "blip": "reconnecting.png", "devices": "answered-elsewhere.png"}
 
 
 def _in_netns(*argv: str | Path, timeout: float) -> subprocess.CompletedProcess[str]:
