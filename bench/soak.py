@@ -6,7 +6,8 @@ connections, over WebSocket or long-polling at random: a whole call (ring, accep
 candidates, hang-up), a rejected call, a cancelled one, one that rings out, a busy callee, a user id
 taken over from another connection, a partner that vanishes mid-call (TCP reset), a client that
 freezes (stops reading and answering pings), and a client that sends garbage. Every scenario checks
-what its users see (``call:ended`` and its reason, error codes).
+what its users see (``call:ended`` and its reason, ``call:reconnecting`` for a partner that
+vanishes or freezes, whose call ends when the reconnect grace does, error codes).
 
 Afterwards the server must hold zero sessions, sockets, users, calls and ring timers, the trio task
 count must be back to its baseline, and nothing may have been logged at ERROR. RSS is reported
@@ -50,7 +51,8 @@ from hardening._wire import text  # noqa: E402
 PING_INTERVAL = 2.0
 PING_TIMEOUT = 2.0
 RING_TIMEOUT = 2.0
-SETTLE = PING_INTERVAL + PING_TIMEOUT + RING_TIMEOUT + 6.0
+GRACE = 1.0  # the reconnect grace: a vanished or frozen partner's call waits this long, then ends
+SETTLE = PING_INTERVAL + PING_TIMEOUT + RING_TIMEOUT + GRACE + 6.0
 SCENARIOS = ("call", "call", "call", "reject", "cancel", "ringout", "busy", "takeover", "vanish", "freeze",
              "garbage")
 
@@ -117,7 +119,7 @@ async def start_server(nursery: trio.Nursery, **overrides: Any) -> Server:
         "ring_timeout": RING_TIMEOUT, "initiate_burst": 1000, "initiate_per_minute": 60_000.0,
         "connection_rate_per_address": 100_000.0, "connection_burst_per_address": 100_000,
         "max_sessions_per_address": 100_000, "max_connections_per_address": 100_000,
-        "connect_timeout": 5.0,
+        "connect_timeout": 5.0, "reconnect_grace": GRACE,
     }
     fields = set(callbox.Config.__struct_fields__)
     config = callbox.Config(**{k: v for k, v in {**settings, **overrides}.items() if k in fields})
@@ -198,14 +200,16 @@ async def scenario(kind: str, port: int, rng: random.Random) -> None:
                 await b.abort()  # a TCP reset
             else:
                 b._stop.cancel()  # a polling client that is killed: its pending GET's connection closes
-            ended = await a.expect("call:ended", timeout=PING_INTERVAL + PING_TIMEOUT + 3, callId=call_id)
+            await a.expect("call:reconnecting", timeout=PING_INTERVAL + PING_TIMEOUT + 3, callId=call_id)
+            ended = await a.expect("call:ended", timeout=GRACE + 3, callId=call_id)
             assert ended["reason"] == "disconnected", ended
         elif kind == "freeze":
             ws, _ = await raw_user(port)  # it calls a, then reads nothing and answers no ping
             await ws.send(text("42" + json.dumps(["call:initiate", {"to": a.user_id, "callType": "audio"}])))
             call_id = (await a.expect("call:incoming"))["callId"]
             assert (await a.emit("call:accept", {"callId": call_id}))["ok"] is True
-            ended = await a.expect("call:ended", timeout=PING_INTERVAL + PING_TIMEOUT + 3, callId=call_id)
+            await a.expect("call:reconnecting", timeout=PING_INTERVAL + PING_TIMEOUT + 3, callId=call_id)
+            ended = await a.expect("call:ended", timeout=GRACE + 3, callId=call_id)
             assert ended["reason"] == "disconnected", ended
             await ws.aclose()
         elif kind == "garbage":

@@ -1,8 +1,10 @@
 """Faults against a real ``python -m callbox`` (ping interval 1 s, timeout 1 s: a silent peer is
 declared dead within 2 s): a call partner killed with SIGKILL, frozen with SIGSTOP (a half-open
 connection), or whose connection is reset in the middle of a frame, an upgrade, a poll or a POST.
-The other party must get ``call:ended`` (reason ``disconnected``) within pingInterval + pingTimeout,
-and afterwards the server holds no user, no call and no session.
+Each is a lost connection: the other party must get ``call:reconnecting`` as soon as the server
+notices (at once for a reset, within pingInterval + pingTimeout for silence), then ``call:ended``
+(reason ``disconnected``) when the reconnect grace (1 s here) ends; afterwards the server holds no
+user, no call and no session.
 """
 
 from __future__ import annotations
@@ -31,12 +33,14 @@ pytestmark = pytest.mark.process  # the module's ``server``: a real python -m ca
 PING_INTERVAL = 1.0
 PING_TIMEOUT = 1.0
 BOUND = PING_INTERVAL + PING_TIMEOUT
+GRACE = 1.0
 VICTIM = Path(__file__).with_name("_victim.py")
 
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Proc]:
     with spawn("--ping-interval", str(PING_INTERVAL), "--ping-timeout", str(PING_TIMEOUT),
+               "--reconnect-grace", str(GRACE),
                "--connection-rate-per-address", "1000", "--connection-burst-per-address", "1000") as proc:
         yield proc
 
@@ -57,6 +61,17 @@ async def empty(server: Proc) -> None:
                                      'callbox_connections{transport="polling"}': 0,
                                      'callbox_connections{transport="websocket"}': 0,
                                      "callbox_tcp_connections": 1}, timeout=BOUND + 5)
+
+
+async def told_lost(peer: Peer, call_id: str, start: float, timeout: float) -> float:  # noqa: ASYNC109
+    """The partner hears of the loss (``call:reconnecting``, when the server notices it), then of the
+    end (``call:ended``, disconnected) when the grace ends. Returns the seconds to the first."""
+    await peer.expect("call:reconnecting", timeout=timeout, callId=call_id)
+    noticed = wall() - start
+    ended = await peer.expect("call:ended", timeout=GRACE + 1, callId=call_id)
+    assert ended["reason"] == "disconnected", ended
+    assert wall() - start >= GRACE, "the call waited for the grace"
+    return noticed
 
 
 async def victim_in_call(nursery: trio.Nursery, port: int, transport: str) -> tuple[subprocess.Popen[str], Peer, str]:
@@ -82,9 +97,7 @@ async def test_partner_process_killed_or_frozen(how: str, transport: str, server
     try:
         start = wall()
         os.kill(proc.pid, getattr(signal, how))
-        ended = await caller.expect("call:ended", timeout=BOUND + 3, callId=call_id)
-        took = wall() - start
-        assert ended["reason"] == "disconnected", ended
+        took = await told_lost(caller, call_id, start, BOUND + 3)
         figure(f"{how} {transport}", partner_told_after_s=round(took, 3), bound_s=BOUND)
         # SIGKILL: the kernel closes the socket, the server knows at once (a GET aborted, a WebSocket
         # ended). SIGSTOP: the connection stays open and silent; only the heartbeat can tell.
@@ -107,9 +120,9 @@ async def test_reset_in_the_middle_of_a_frame(server: Proc, nursery: trio.Nurser
     start = wall()
     rst(ws.stream)
     await ws.aclose()
-    await callee.expect("call:ended", timeout=BOUND + 1, callId=call_id)
-    figure("reset mid-frame", partner_told_after_s=round(wall() - start, 3))
-    assert wall() - start < 0.5
+    took = await told_lost(callee, call_id, start, BOUND + 1)
+    figure("reset mid-frame", partner_told_after_s=round(took, 3))
+    assert took < 0.5
     await callee.close()
     await empty(server)
 
@@ -127,10 +140,9 @@ async def test_reset_in_the_middle_of_an_upgrade(server: Proc, nursery: trio.Nur
     start = wall()
     rst(ws.stream)
     await ws.aclose()
-    ended = await b.expect("call:ended", timeout=BOUND + 2, callId=call_id)
-    figure("reset mid-upgrade", partner_told_after_s=round(wall() - start, 3), bound_s=BOUND)
-    assert ended["reason"] == "disconnected"
-    assert wall() - start < BOUND + 0.5
+    took = await told_lost(b, call_id, start, BOUND + 2)
+    figure("reset mid-upgrade", partner_told_after_s=round(took, 3), bound_s=BOUND)
+    assert took < BOUND + 0.5
     await b.close()
     await empty(server)
 
@@ -152,9 +164,9 @@ async def test_reset_in_the_middle_of_a_poll(server: Proc, nursery: trio.Nursery
     start = wall()
     rst(conn.stream)
     await conn.aclose()
-    await b.expect("call:ended", timeout=BOUND + 1, callId=call_id)
-    figure("reset mid-poll", partner_told_after_s=round(wall() - start, 3))
-    assert wall() - start < 0.5
+    took = await told_lost(b, call_id, start, BOUND + 1)
+    figure("reset mid-poll", partner_told_after_s=round(took, 3))
+    assert took < 0.5
     await b.close()
     await empty(server)
 
@@ -178,10 +190,9 @@ async def test_reset_in_the_middle_of_a_post_then_silence(server: Proc, nursery:
     start = wall()
     rst(half)
     await half.aclose()
-    ended = await b.expect("call:ended", timeout=BOUND + 3, callId=call_id)
-    figure("reset mid-POST, then silence", partner_told_after_s=round(wall() - start, 3), bound_s=BOUND)
-    assert ended["reason"] == "disconnected"  # not "cancelled": the half POST was not handled
-    assert wall() - start < BOUND + 0.5
+    took = await told_lost(b, call_id, start, BOUND + 3)  # ended "disconnected", not "cancelled":
+    figure("reset mid-POST, then silence", partner_told_after_s=round(took, 3), bound_s=BOUND)  # the half POST
+    assert took < BOUND + 0.5  # was not handled
     await b.close()
     await empty(server)
 

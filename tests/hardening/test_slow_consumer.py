@@ -27,7 +27,7 @@ OFFER = {"type": "offer", "sdp": "v=0\r\n" + "a=x\r\n" * 8_000}  # 56 KB as JSON
 def server() -> Iterator[Proc]:
     with spawn("--max-outbox", str(MAX_OUTBOX), "--ping-interval", str(PING_INTERVAL),
                "--ping-timeout", str(PING_TIMEOUT), "--connection-rate-per-address", "1000",
-               "--connection-burst-per-address", "1000") as proc:
+               "--connection-burst-per-address", "1000", "--reconnect-grace", "1") as proc:
         yield proc
 
 
@@ -103,7 +103,9 @@ async def test_reader_that_stops_is_cut_off_and_memory_stays_bounded(server: Pro
 async def test_ping_flood_without_reading_is_cut_off(server: Proc, nursery: trio.Nursery) -> None:
     """A client that floods WebSocket pings and never reads their pongs: the server's writes stall;
     the session is cut off within ping_interval + ping_timeout (+ one interval: the ping that would
-    go out waits behind the stalled write), and a call beside it keeps relaying."""
+    go out waits behind the stalled write), as a lost connection (its partner hears
+    ``call:reconnecting``, then ``call:ended`` when the 1 s grace ends), and a call beside it keeps
+    relaying."""
     by_a, by_b, by_call = await call_pair(nursery, server.port, "pfby")
     ws, _ = await raw_user(server.port, rcvbuf=4096)
     partner = await joined(nursery, server.port, "pfp")
@@ -126,9 +128,10 @@ async def test_ping_flood_without_reading_is_cut_off(server: Proc, nursery: trio
                     pass
 
             n.start_soon(write)
-            await partner.expect("call:ended", timeout=PING_INTERVAL * 2 + PING_TIMEOUT + 3, callId=call_id)
+            await partner.expect("call:reconnecting", timeout=PING_INTERVAL * 2 + PING_TIMEOUT + 3, callId=call_id)
             n.cancel_scope.cancel()
     told_after = wall() - start
+    assert (await partner.expect("call:ended", timeout=3, callId=call_id))["reason"] == "disconnected"
     rtt = await check_call(by_a, by_b, by_call)
     figure("ping flood, not reading", pings_written=written, partner_told_after_s=round(told_after, 2),
            rss_kb={"before": rss_before, "after": server.rss_kb()}, bystander_rtt_ms=round(rtt * 1000, 2))

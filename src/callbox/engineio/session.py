@@ -170,9 +170,9 @@ class CloseReason(enum.Enum):
 
 # The connection went without the client saying goodbye: a network blip, a dead peer. The client
 # may come back; everything else is a leave (the client's, or the server's decision).
-CONNECTION_LOST: Final = frozenset(
-    {CloseReason.TRANSPORT_CLOSE, CloseReason.TRANSPORT_ERROR, CloseReason.PING_TIMEOUT}
-)
+# (A "transport error" is not one: here it is the client breaking the transport's rules, or a
+# handler failing, not a network fault; a reset is "transport close".)
+CONNECTION_LOST: Final = frozenset({CloseReason.TRANSPORT_CLOSE, CloseReason.PING_TIMEOUT})
 
 
 class Sent(enum.Enum):
