@@ -42,8 +42,8 @@ from callbox.signalling import CallState, MemoryRegistry, Session, Signalling
 USERS = ["u0", "u1", "u2"]
 RING = 30.0
 GRACE = 20.0
-LOST = sorted(reason.value for reason in CONNECTION_LOST)  # "transport close", "ping timeout"
-CLEAN = ["client close", "client namespace disconnect", "server namespace disconnect", "transport error"]
+LOST = sorted(reason.value for reason in CONNECTION_LOST)  # "ping timeout", "transport close", "transport error"
+CLEAN = ["client close", "client namespace disconnect", "server namespace disconnect"]
 # Virtual seconds the clock moves on by: within a grace, within a ring, past a grace, past both.
 WAITS = [0.37, 4.1, 13.9, 31.3]
 RELAYS = ["call:offer", "ice:candidate", "call:answer"]

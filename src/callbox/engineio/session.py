@@ -158,7 +158,7 @@ class CloseReason(enum.Enum):
 
     CLIENT_CLOSE = "client close"  # the client said goodbye: a close packet, or a WebSocket close frame
     TRANSPORT_CLOSE = "transport close"  # the connection went away without a goodbye (EOF, reset)
-    TRANSPORT_ERROR = "transport error"  # the client broke the transport's rules
+    TRANSPORT_ERROR = "transport error"  # the transport failed: two polls at once, a bad POST, a handler
     PING_TIMEOUT = "ping timeout"
     PARSE_ERROR = "parse error"  # a packet that is not Engine.IO / Socket.IO
     OUTBOX_FULL = "outbox full"  # the client does not read fast enough
@@ -170,9 +170,12 @@ class CloseReason(enum.Enum):
 
 # The connection went without the client saying goodbye: a network blip, a dead peer. The client
 # may come back; everything else is a leave (the client's, or the server's decision).
-# (A "transport error" is not one: here it is the client breaking the transport's rules, or a
-# handler failing, not a network fault; a reset is "transport close".)
-CONNECTION_LOST: Final = frozenset({CloseReason.TRANSPORT_CLOSE, CloseReason.PING_TIMEOUT})
+# A "transport error" is one: two long-polls at once are what a client sends when its previous poll
+# vanished with its connection (a cut the server has not noticed yet); a POST that breaks the limits
+# or a handler's failure end the session the same way, and the call waits all the same.
+CONNECTION_LOST: Final = frozenset(
+    {CloseReason.TRANSPORT_CLOSE, CloseReason.TRANSPORT_ERROR, CloseReason.PING_TIMEOUT}
+)
 
 
 class Sent(enum.Enum):
