@@ -22,6 +22,7 @@ class ErrorCode(enum.StrEnum):
     RATE_LIMITED = "RATE_LIMITED"
     UNAUTHORIZED = "UNAUTHORIZED"
     PEER_QUEUE_FULL = "PEER_QUEUE_FULL"
+    UNAVAILABLE = "UNAVAILABLE"
 
 
 # The seed server's sentences are kept where they apply ("User not available", "Call not found or
@@ -40,6 +41,7 @@ DEFAULT_MESSAGES: Final[dict[ErrorCode, str]] = {
     ErrorCode.RATE_LIMITED: "Too many calls started, try again later",
     ErrorCode.UNAUTHORIZED: "Your token is for another user",
     ErrorCode.PEER_QUEUE_FULL: "The other party is reconnecting and too much is waiting for it",
+    ErrorCode.UNAVAILABLE: "The server cannot reach its shared state; nothing was done, try again",
 }
 
 

@@ -63,7 +63,7 @@ import trio
 
 from ._errors import ErrorCode, SignallingError
 from ._payloads import CallType
-from ._registry import Accepted, Call, Ended, Joined, Returned, User
+from ._registry import Accepted, Call, Ended, Joined, RegistryUnavailable, Returned, User
 from ._state import (
     CALL_ACTORS,
     CALL_TRANSITIONS,
@@ -86,10 +86,6 @@ __all__ = ["RedisRegistry", "RegistryUnavailable", "open_redis_registry", "state
 TIMEOUT: Final = 2.0
 
 T = TypeVar("T")
-
-
-class RegistryUnavailable(Exception):
-    """Redis failed or did not answer within the deadline: the step may not have been applied."""
 
 
 def state_tables() -> dict[str, dict[str, dict[str, str | bool]]]:

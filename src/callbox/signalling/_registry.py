@@ -40,7 +40,15 @@ from ._state import (
     transition,
 )
 
-__all__ = ["Device", "User", "Call", "Joined", "Ended", "Accepted", "Returned", "Registry", "MemoryRegistry"]
+__all__ = [
+    "Device", "User", "Call", "Joined", "Ended", "Accepted", "Returned", "Registry", "RegistryUnavailable",
+    "MemoryRegistry",
+]
+
+
+class RegistryUnavailable(Exception):
+    """A shared registry's store failed or did not answer in time: the step may not have been
+    applied. The request it served is refused (``UNAVAILABLE``); nothing falls back to local state."""
 
 
 class Device(msgspec.Struct, frozen=True, gc=False):

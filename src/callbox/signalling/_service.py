@@ -21,6 +21,7 @@ task started through the transport (the server's nursery) that holds one cancel 
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -64,12 +65,13 @@ from ._payloads import (
     ResumedCall,
     UserJoined,
 )
-from ._registry import Accepted, Call, Ended, Joined, MemoryRegistry, Registry, Returned
+from ._registry import Accepted, Call, Ended, Joined, MemoryRegistry, Registry, RegistryUnavailable, Returned
 from ._state import CallEvent, Outcome, Role
 
 __all__ = ["Signalling", "Session", "Transport", "Ack"]
 
 Ack = AckOk | AckError
+log = logging.getLogger("callbox.signalling")
 T = TypeVar("T")
 
 # An unknown event name is echoed in the error; past this it is cut (a name is a few words).
@@ -208,7 +210,11 @@ class Signalling:
             if op is None:
                 shown = event if len(event) <= MAX_SHOWN_EVENT_NAME else event[:MAX_SHOWN_EVENT_NAME] + "..."
                 raise SignallingError(ErrorCode.INVALID_PAYLOAD, f"Unknown event {shown!r}")
-            return await op(session, args)
+            try:
+                return await op(session, args)
+            except RegistryUnavailable as exc:  # fail closed: refused, never done from local state
+                log.warning("registry unavailable", extra={"fields": {"event": event, "error": str(exc)}})
+                raise SignallingError(ErrorCode.UNAVAILABLE) from None
         except SignallingError as exc:
             self.observe.refused(event, exc.code, session.user_id)
             if not ack:
