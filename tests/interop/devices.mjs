@@ -16,13 +16,10 @@
 // outcome but checks it is consistent. STATS counts the outcomes.
 
 import assert from "node:assert/strict";
-import { io } from "socket.io-client";
+import { Connection, QUIET, play, sleep } from "./user.mjs";
 
 const [url, scenario, mode = "websocket", roundsArg = "200"] = process.argv.slice(2);
 const ROUNDS = Number(roundsArg);
-const TRANSPORTS = { websocket: ["websocket"], polling: ["polling"], default: undefined };
-const WAIT = 5000; // ms: the longest one expected event may take
-const QUIET = 150; // ms: how long "nothing arrives" is watched
 const DEVICE = (d) => `device-${d}`; // deviceIds: never to be seen by any client (checked at the end)
 
 const OFFER = { type: "offer", sdp: "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=setup:actpass\r\n" };
@@ -38,61 +35,24 @@ const CANDIDATE = (port) => ({
 
 const everyone = [];
 
-class Client {
+class Client extends Connection {
   // name: how failures call it ("bob/d2"); userId; device: "d1".. or undefined (no deviceId sent)
   constructor(name, userId, device) {
+    super(name, url, mode);
     everyone.push(this);
-    this.name = name;
     this.userId = userId;
     this.device = device;
-    this.queue = []; // [event, payload] not yet taken
     this.log = []; // everything received, for the deviceId check
-    this.wake = null;
-    this.socket = io(url, { transports: TRANSPORTS[mode], reconnection: false, forceNew: true });
-    this.socket.onAny((event, payload) => this.push(event, payload));
-    this.socket.on("disconnect", (reason) => this.push("disconnect", reason));
   }
 
   push(event, payload) {
-    this.queue.push([event, payload]);
     this.log.push([event, payload]);
-    if (this.wake) this.wake();
-  }
-
-  connected() {
-    if (this.socket.connected) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      this.socket.once("connect", resolve);
-      this.socket.once("connect_error", reject);
-    });
-  }
-
-  // The next `event` received (waiting for it), out of the queue.
-  async next(event, ms = WAIT) {
-    const deadline = Date.now() + ms;
-    for (;;) {
-      const i = this.queue.findIndex(([e]) => e === event);
-      if (i >= 0) return this.queue.splice(i, 1)[0][1];
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`${this.name}: no ${event} within ${ms} ms; got ${JSON.stringify(this.queue)}`);
-      await new Promise((resolve) => {
-        this.wake = resolve;
-        setTimeout(resolve, left);
-      });
-    }
+    super.push(event, payload);
   }
 
   // Nothing is waiting in the queue right now (no quiet period: for what ordering already settles).
   empty(when) {
     assert.deepEqual(this.queue, [], `${this.name} received more than expected ${when}`);
-  }
-
-  emit(event, payload) {
-    this.socket.emit(event, payload);
-  }
-
-  ack(event, payload) {
-    return this.socket.timeout(WAIT).emitWithAck(event, payload);
   }
 
   async refused(event, payload, code) {
@@ -101,13 +61,6 @@ class Client {
     assert.equal(answer.code, code, `${this.name} ${event}: ${JSON.stringify(answer)}`);
     assert.equal(typeof answer.message, "string");
     return answer;
-  }
-
-  async error(code) {
-    const err = await this.next("error");
-    assert.equal(err.code, code, `${this.name}: ${JSON.stringify(err)}`);
-    assert.equal(typeof err.message, "string");
-    return err;
   }
 
   // Connect and user:join as an app does (no ack): user:joined is as without devices.
@@ -120,13 +73,7 @@ class Client {
     assert.deepEqual(joined, { userId: this.userId, socketId: this.socket.id }, this.name);
     return this;
   }
-
-  close() {
-    this.socket.disconnect();
-  }
 }
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // Nothing more arrives at any of these (one shared quiet while).
 async function nothing(...clients) {
@@ -464,27 +411,10 @@ const scenarios = {
 
 // -- run -------------------------------------------------------------------------------------------
 
-const run = scenarios[scenario];
-if (!run) {
-  console.error(`unknown scenario ${scenario}`);
-  process.exit(2);
-}
-const killer = setTimeout(() => {
-  console.error(`scenario ${scenario} did not finish`);
-  process.exit(1);
-}, 60000);
-try {
-  await run();
-  clearTimeout(killer);
+await play(scenarios, scenario, 60000, () => {
   // deviceId never leaves the server
   for (const c of everyone) {
     assert.ok(!JSON.stringify(c.log).includes(DEVICE("")), `${c.name} was told a deviceId: ${JSON.stringify(c.log)}`);
   }
   for (const c of everyone) c.close();
-  await sleep(50);
-  console.log("ok");
-  process.exit(0);
-} catch (err) {
-  console.error(err && err.stack ? err.stack : err);
-  process.exit(1);
-}
+});

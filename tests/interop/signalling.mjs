@@ -11,12 +11,9 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
-import { io } from "socket.io-client";
+import { Connection, QUIET, play, sleep } from "./user.mjs";
 
 const [url, scenario, mode = "websocket"] = process.argv.slice(2);
-const TRANSPORTS = { websocket: ["websocket"], polling: ["polling"], default: undefined };
-const WAIT = 5000; // ms: the longest one expected event may take
-const QUIET = 150; // ms: how long "nothing arrives" is watched
 
 // A real browser offer, as RTCPeerConnection.createOffer() gives it (CRLF line ends and all).
 const SDP = [
@@ -56,65 +53,16 @@ const CANDIDATE = (port) => ({
 
 const everyone = [];
 
-class User {
+class User extends Connection {
   constructor(name) {
+    super(name, url, mode);
     everyone.push(this);
-    this.name = name;
-    this.queue = []; // [event, payload] not yet taken
-    this.wake = null;
-    this.socket = io(url, { transports: TRANSPORTS[mode], reconnection: false, forceNew: true });
-    this.socket.onAny((event, payload) => this.push(event, payload));
-    this.socket.on("disconnect", (reason) => this.push("disconnect", reason));
-  }
-
-  push(event, payload) {
-    this.queue.push([event, payload]);
-    if (this.wake) this.wake();
-  }
-
-  connected() {
-    if (this.socket.connected) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      this.socket.once("connect", resolve);
-      this.socket.once("connect_error", reject);
-    });
-  }
-
-  // The next `event` received (waiting for it), out of the queue.
-  async next(event, ms = WAIT) {
-    const deadline = Date.now() + ms;
-    for (;;) {
-      const i = this.queue.findIndex(([e]) => e === event);
-      if (i >= 0) return this.queue.splice(i, 1)[0][1];
-      const left = deadline - Date.now();
-      if (left <= 0) throw new Error(`${this.name}: no ${event} within ${ms} ms; got ${JSON.stringify(this.queue)}`);
-      await new Promise((resolve) => {
-        this.wake = resolve;
-        setTimeout(resolve, left);
-      });
-    }
   }
 
   // Nothing (else) arrived: after a quiet while, the queue is empty.
   async nothing() {
     await sleep(QUIET);
     assert.deepEqual(this.queue, [], `${this.name} received more than expected`);
-  }
-
-  emit(event, payload) {
-    this.socket.emit(event, payload);
-  }
-
-  ack(event, payload) {
-    return this.socket.timeout(WAIT).emitWithAck(event, payload);
-  }
-
-  async error(code, message) {
-    const err = await this.next("error");
-    assert.equal(err.code, code, `${this.name}: ${JSON.stringify(err)}`);
-    if (message !== undefined) assert.equal(err.message, message);
-    assert.equal(typeof err.message, "string");
-    return err;
   }
 
   // Connect and user:join as an app does (no ack): user:joined carries our socket id.
@@ -128,13 +76,7 @@ class User {
     this.resumeToken = resumeToken;
     return this;
   }
-
-  close() {
-    this.socket.disconnect();
-  }
 }
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 async function users(...names) {
   return Promise.all(names.map((n) => new User(n).join()));
@@ -399,25 +341,8 @@ const scenarios = {
 
 // -- run -------------------------------------------------------------------------------------------
 
-const run = scenarios[scenario];
-if (!run) {
-  console.error(`unknown scenario ${scenario}`);
-  process.exit(2);
-}
-const killer = setTimeout(() => {
-  console.error(`scenario ${scenario} did not finish`);
-  process.exit(1);
-}, 30000);
-try {
-  await run();
-  clearTimeout(killer);
+await play(scenarios, scenario, 30000, () => {
   // Leave as an app does: a clean disconnect, everyone at once (the server must cope with a
   // client closing while a call:ended for it is on its way), then a moment for it to arrive.
   for (const u of everyone) u.close();
-  await sleep(50);
-  console.log("ok");
-  process.exit(0);
-} catch (err) {
-  console.error(err && err.stack ? err.stack : err);
-  process.exit(1);
-}
+});

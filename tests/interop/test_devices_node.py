@@ -6,23 +6,12 @@ timer. The races run 200 rounds each (a few seconds; the whole file stays well u
 
 from __future__ import annotations
 
-import contextlib
-import shutil
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 import pytest
-import trio
 
+from _interop import NEEDS_NODE, StartServer, run_script, serve, settled
 from _paths import INTEROP
-from _raw import eventually
-from callbox import SocketIO
-from callbox.signalling import MemoryRegistry, Signalling, install
-
-StartServer = Callable[..., Awaitable[int]]
 
 SCRIPT = INTEROP / "devices.mjs"
-NODE = shutil.which("node")
 SCENARIO_LIMIT = 75  # s: the script gives up after 60 s itself
 ROUNDS = 200
 # Races initiate a call per round: far past the default per-user allowance of call attempts. And
@@ -35,44 +24,13 @@ RACING = {
     "connection_burst_per_address": 100 * ROUNDS,
 }
 
-pytestmark = [
-    pytest.mark.node,
-    pytest.mark.skipif(NODE is None, reason="node is not installed"),
-    pytest.mark.skipif(
-        not (INTEROP / "node_modules" / "socket.io-client").is_dir(), reason="tests/interop: run `npm ci` first"
-    ),
-]
+pytestmark = NEEDS_NODE
 
 
 async def run_scenario(port: int, scenario: str, mode: str = "websocket", rounds: int = ROUNDS) -> str:
-    assert NODE is not None
-    argv = [NODE, str(SCRIPT), f"http://127.0.0.1:{port}", scenario, mode, str(rounds)]
-    with trio.fail_after(SCENARIO_LIMIT):
-        done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
-    out = done.stdout.decode()
-    assert done.returncode == 0, f"{' '.join(argv)}\n{out}{done.stderr.decode()}"
+    out = await run_script(SCRIPT, SCENARIO_LIMIT, f"http://127.0.0.1:{port}", scenario, mode, str(rounds))
     print(out)  # the races' STATS lines (pytest -s shows them)
     return out
-
-
-async def serve(start_server: StartServer, **settings: Any) -> tuple[int, Signalling]:
-    app = SocketIO()
-    signalling = install(app)
-    port = await start_server(app, **settings)
-    return port, signalling
-
-
-async def settled(signalling: Signalling) -> None:
-    """Every client has gone: the server lets go of everything (disconnects may lag the exit)."""
-    registry = signalling.registry
-    assert isinstance(registry, MemoryRegistry)
-
-    def idle() -> bool:
-        return not registry.users and not registry.calls and not signalling.timers and not signalling.graces
-
-    with contextlib.suppress(AssertionError):  # the assertion below says what is left
-        await eventually(idle, 5)
-    assert (registry.users, registry.calls, signalling.timers, signalling.graces) == ({}, {}, {}, {})
 
 
 @pytest.mark.parametrize("mode", ["websocket", "polling"])

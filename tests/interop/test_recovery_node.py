@@ -17,36 +17,26 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import subprocess
-from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
 import pytest
 import trio
 
+from _interop import NEEDS_NODE, NODE, StartServer
 from _paths import INTEROP
 from _raw import eventually
 from _tcpproxy import TcpProxy
 from callbox import SocketIO
 from callbox.signalling import MemoryRegistry, Signalling, install
 
-StartServer = Callable[..., Awaitable[int]]
-
 SCRIPT = INTEROP / "recovery.mjs"
-NODE = shutil.which("node")
 SCENARIO_LIMIT = 60  # s: the script gives up by itself after 45
 STATE_WAIT = 3.0  # s: the longest the server may take to reach a state the script waits for
 MODES = ["websocket", "polling", "default"]
 
-pytestmark = [
-    pytest.mark.node,
-    pytest.mark.skipif(NODE is None, reason="node is not installed"),
-    pytest.mark.skipif(
-        not (INTEROP / "node_modules" / "socket.io-client").is_dir(), reason="tests/interop: run `npm ci` first"
-    ),
-]
+pytestmark = NEEDS_NODE
 
 
 class Served:

@@ -20,18 +20,18 @@ import contextlib
 import socket
 import struct
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pytest
 import socketio
 import trio
 
-from _raw import eventually
-from callbox import SocketIO
-from callbox.signalling import MemoryRegistry, Signalling, install
+import _interop
+from _interop import StartServer, settled
+from callbox.signalling import Signalling
 
 T = TypeVar("T")
-StartServer = Callable[..., Awaitable[int]]
 
 # One bound for every single wait inside a client scenario (a connect, an event, an ack).
 CLIENT_WAIT = 5.0
@@ -215,27 +215,7 @@ async def in_client_thread(scenario: Callable[[], Coroutine[Any, Any, T]]) -> T:
 
 
 async def serve(start_server: StartServer, **settings: Any) -> tuple[int, Signalling]:
-    app = SocketIO()
-    signalling = install(app)
-    port = await start_server(app, **{**SERVER_SETTINGS, **settings})
-    return port, signalling
-
-
-def graces(signalling: Signalling) -> dict[Any, Any]:
-    return dict(getattr(signalling, "graces", {}))
-
-
-async def settled(signalling: Signalling) -> None:
-    """Every client has gone: the server lets go of everything."""
-    registry = signalling.registry
-    assert isinstance(registry, MemoryRegistry)
-
-    def idle() -> bool:
-        return not registry.users and not registry.calls and not signalling.timers and not graces(signalling)
-
-    with contextlib.suppress(AssertionError):  # the assertion below says what is left
-        await eventually(idle, 5)
-    assert (registry.users, registry.calls, signalling.timers, graces(signalling)) == ({}, {}, {}, {})
+    return await _interop.serve(start_server, **{**SERVER_SETTINGS, **settings})
 
 
 async def live_call(alice: Peer, bob: Peer) -> str:
@@ -275,11 +255,63 @@ async def both_joined(port: int, proxy_port: int, case: str) -> tuple[Peer, Peer
     return alice, bob, token
 
 
-async def cut_bob(proxy: CutProxy, bob: Peer, alice: Peer, call_id: str) -> None:
-    """Drop bob's connection; the server notices, and alice hears that bob is reconnecting."""
-    assert proxy.cut() >= 1
-    await asyncio.wait_for(bob.gone.wait(), CLIENT_WAIT)
-    assert await alice.expect("call:reconnecting") == {"callId": call_id, "userId": "bob"}
+async def hang_up(alice: Peer, bob: Peer, call_id: str) -> None:
+    """alice ends the live call: both are told, and neither has anything else unread."""
+    assert await alice.call("call:end", {"callId": call_id}) == {"ok": True, "callId": call_id}
+    ended = {"callId": call_id, "by": "alice", "reason": "hangup"}
+    assert await alice.expect("call:ended") == ended
+    assert await bob.expect("call:ended") == ended
+    assert alice.unread() == [] and bob.unread() == []
+
+
+@dataclass
+class Scene:
+    """A scenario under way: alice (straight to the server) and bob (through ``proxy``) in a live
+    call; bob's resumeToken; every client made so far (closed at the end)."""
+
+    port: int
+    case: str
+    proxy: CutProxy
+    alice: Peer
+    bob: Peer
+    token: str
+    call_id: str
+    peers: list[Peer]
+
+    async def cut_bob(self) -> None:
+        """Drop bob's connection; the server notices, and alice hears that bob is reconnecting."""
+        assert self.proxy.cut() >= 1
+        await asyncio.wait_for(self.bob.gone.wait(), CLIENT_WAIT)
+        assert await self.alice.expect("call:reconnecting") == {"callId": self.call_id, "userId": "bob"}
+
+    async def bob_again(self, name: str, *, direct: bool = False) -> Peer:
+        """bob on a new connection: through the proxy again, or (``direct``) straight to the server."""
+        peer = Peer(name)
+        self.peers.append(peer)
+        await peer.connect(self.port if direct else self.proxy.port, self.case)
+        return peer
+
+
+async def play(port: int, signalling: Signalling, case: str, scenario: Callable[[Scene], Awaitable[None]]) -> None:
+    """In the client thread: alice and bob joined and in a live call, then ``scenario``; then the
+    proxy and every client closed. Afterwards the server must hold nothing."""
+
+    async def run() -> None:
+        proxy = CutProxy(port)
+        await proxy.start()
+        peers: list[Peer] = []
+        try:
+            alice, bob, token = await both_joined(port, proxy.port, case)
+            peers += [alice, bob]
+            call_id = await live_call(alice, bob)
+            await scenario(Scene(port, case, proxy, alice, bob, token, call_id, peers))
+        finally:
+            await proxy.close()
+            for peer in peers:
+                await peer.close()
+
+    await in_client_thread(run)
+    await settled(signalling)
 
 
 # -- the tests ----------------------------------------------------------------------------------------
@@ -287,80 +319,63 @@ async def cut_bob(proxy: CutProxy, bob: Peer, alice: Peer, call_id: str) -> None
 
 async def test_resume_with_token_after_a_cut(start_server: StartServer, case: str) -> None:
     port, signalling = await serve(start_server, reconnect_grace=GRACE)
-    seen: dict[str, Any] = {}
 
-    async def scenario() -> None:
-        proxy = CutProxy(port)
-        await proxy.start()
-        alice = bob = bob2 = None
-        try:
-            alice, bob, token = await both_joined(port, proxy.port, case)
-            call_id = await live_call(alice, bob)
-            seen["call_id"], seen["bob_sid"] = call_id, bob.sio.get_sid("/")
+    async def scenario(scene: Scene) -> None:
+        alice, bob, token, call_id = scene.alice, scene.bob, scene.token, scene.call_id
+        bob_sid = bob.sio.get_sid("/")
 
-            await cut_bob(proxy, bob, alice, call_id)
+        await scene.cut_bob()
 
-            # While bob is away: an ICE restart and three candidates, each accepted for him.
-            restart = {"type": "offer", "sdp": "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\na=ice-options:trickle\r\n"}
-            candidates = [
-                {"candidate": f"candidate:{n} 1 udp 2122260223 127.0.0.1 {5000 + n} typ host",
-                 "sdpMid": "0", "sdpMLineIndex": 0}
-                for n in range(3)
-            ]
-            ok = {"ok": True, "callId": call_id}
-            assert await alice.call("call:offer", {"to": "bob", "offer": restart}) == ok
-            for candidate in candidates:
-                assert await alice.call("ice:candidate", {"to": "bob", "candidate": candidate}) == ok
-
-            # Bob comes back: a new Socket.IO socket (through the proxy again), with his token.
-            bob2 = Peer("bob (back)")
-            await bob2.connect(proxy.port, case)
-            sid2 = bob2.sio.get_sid("/")
-            assert sid2 != seen["bob_sid"]
-            ack, joined = await bob2.join("bob", token)
-            assert ack == {"ok": True, "userId": "bob", "socketId": sid2, "resumed": True}
-            new_token = joined.pop("resumeToken", None)
-            assert isinstance(new_token, str) and new_token and new_token != token
-            assert joined == {
-                "userId": "bob",
-                "socketId": sid2,
-                "resumed": True,
-                "call": {"callId": call_id, "peer": "alice", "role": "callee", "state": "connected",
-                         "callType": "video"},
-            }
-            # What alice sent meanwhile, in order, once; then the call is back for both.
-            assert await bob2.expect("call:offer") == {"offer": restart, "from": "alice", "callType": "video",
-                                                       "callId": call_id}
-            for candidate in candidates:
-                assert await bob2.expect("ice:candidate") == {"candidate": candidate, "from": "alice",
-                                                              "callId": call_id}
-            back = {"callId": call_id, "userId": "bob"}
-            assert await bob2.expect("call:reconnected") == back
-            assert await alice.expect("call:reconnected") == back
-
-            # The call goes on, both ways, on bob's new socket.
-            candidate = {"candidate": "candidate:9 1 udp 1 127.0.0.1 6000 typ host", "sdpMid": "0",
-                         "sdpMLineIndex": 0}
-            assert await bob2.call("ice:candidate", {"to": "alice", "candidate": candidate}) == ok
-            assert await alice.expect("ice:candidate") == {"candidate": candidate, "from": "bob", "callId": call_id}
+        # While bob is away: an ICE restart and three candidates, each accepted for him.
+        restart = {"type": "offer", "sdp": "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\na=ice-options:trickle\r\n"}
+        candidates = [
+            {"candidate": f"candidate:{n} 1 udp 2122260223 127.0.0.1 {5000 + n} typ host",
+             "sdpMid": "0", "sdpMLineIndex": 0}
+            for n in range(3)
+        ]
+        ok = {"ok": True, "callId": call_id}
+        assert await alice.call("call:offer", {"to": "bob", "offer": restart}) == ok
+        for candidate in candidates:
             assert await alice.call("ice:candidate", {"to": "bob", "candidate": candidate}) == ok
-            assert await bob2.expect("ice:candidate") == {"candidate": candidate, "from": "alice", "callId": call_id}
 
-            # Alice hangs up: the call ends as usual, and nobody got anything else.
-            assert await alice.call("call:end", {"callId": call_id}) == ok
-            ended = {"callId": call_id, "by": "alice", "reason": "hangup"}
-            assert await alice.expect("call:ended") == ended
-            assert await bob2.expect("call:ended") == ended
-            assert alice.unread() == [] and bob2.unread() == []
-            assert not any(name == "call:ended" for name, _ in bob.events)
-        finally:
-            await proxy.close()
-            for peer in (alice, bob, bob2):
-                if peer is not None:
-                    await peer.close()
+        # Bob comes back: a new Socket.IO socket (through the proxy again), with his token.
+        bob2 = await scene.bob_again("bob (back)")
+        sid2 = bob2.sio.get_sid("/")
+        assert sid2 != bob_sid
+        ack, joined = await bob2.join("bob", token)
+        assert ack == {"ok": True, "userId": "bob", "socketId": sid2, "resumed": True}
+        new_token = joined.pop("resumeToken", None)
+        assert isinstance(new_token, str) and new_token and new_token != token
+        assert joined == {
+            "userId": "bob",
+            "socketId": sid2,
+            "resumed": True,
+            "call": {"callId": call_id, "peer": "alice", "role": "callee", "state": "connected",
+                     "callType": "video"},
+        }
+        # What alice sent meanwhile, in order, once; then the call is back for both.
+        assert await bob2.expect("call:offer") == {"offer": restart, "from": "alice", "callType": "video",
+                                                   "callId": call_id}
+        for candidate in candidates:
+            assert await bob2.expect("ice:candidate") == {"candidate": candidate, "from": "alice",
+                                                          "callId": call_id}
+        back = {"callId": call_id, "userId": "bob"}
+        assert await bob2.expect("call:reconnected") == back
+        assert await alice.expect("call:reconnected") == back
 
-    await in_client_thread(scenario)
-    await settled(signalling)
+        # The call goes on, both ways, on bob's new socket.
+        candidate = {"candidate": "candidate:9 1 udp 1 127.0.0.1 6000 typ host", "sdpMid": "0",
+                     "sdpMLineIndex": 0}
+        assert await bob2.call("ice:candidate", {"to": "alice", "candidate": candidate}) == ok
+        assert await alice.expect("ice:candidate") == {"candidate": candidate, "from": "bob", "callId": call_id}
+        assert await alice.call("ice:candidate", {"to": "bob", "candidate": candidate}) == ok
+        assert await bob2.expect("ice:candidate") == {"candidate": candidate, "from": "alice", "callId": call_id}
+
+        # Alice hangs up: the call ends as usual, and nobody got anything else.
+        await hang_up(alice, bob2, call_id)
+        assert not any(name == "call:ended" for name, _ in bob.events)
+
+    await play(port, signalling, case, scenario)
 
 
 @pytest.mark.parametrize("token", ["none", "wrong"])
@@ -368,84 +383,60 @@ async def test_join_without_the_token_while_away_is_a_takeover(start_server: Sta
                                                                token: str) -> None:
     port, signalling = await serve(start_server, reconnect_grace=GRACE)
 
-    async def scenario() -> None:
-        proxy = CutProxy(port)
-        await proxy.start()
-        alice = bob = bob2 = None
-        try:
-            alice, bob, good = await both_joined(port, proxy.port, case)
-            call_id = await live_call(alice, bob)
-            await cut_bob(proxy, bob, alice, call_id)
+    async def scenario(scene: Scene) -> None:
+        alice, good, call_id = scene.alice, scene.token, scene.call_id
+        await scene.cut_bob()
 
-            bob2 = Peer("bob (again)")
-            await bob2.connect(proxy.port, case)
-            sid2 = bob2.sio.get_sid("/")
-            ack, joined = await bob2.join("bob", None if token == "none" else good[::-1] + "x")
-            assert ack == {"ok": True, "userId": "bob", "socketId": sid2}
-            assert joined.get("resumed") in (None, False) and "call" not in joined, joined
-            assert joined["userId"] == "bob" and joined["socketId"] == sid2
-            assert isinstance(joined.get("resumeToken"), str) and joined["resumeToken"] != good
-            # A take-over: the waiting call ends for alice at once, and bob gets nothing of it.
-            assert await alice.expect("call:ended") == {"callId": call_id, "by": "bob", "reason": "replaced"}
-            # The one who took over is in no call: a relay to alice is refused, alice can call him anew.
-            refused = await bob2.call("ice:candidate", {"to": "alice", "candidate": None})
-            assert refused["ok"] is False and refused["code"] == "NOT_IN_CALL", refused
-            again = await alice.call("call:initiate", {"to": "bob", "callType": "audio"})
-            assert again["ok"], again
-            assert await bob2.expect("call:incoming") == {"from": "alice", "callType": "audio",
-                                                          "callId": again["callId"]}
-            assert await alice.expect("call:initiated") == {"callId": again["callId"], "to": "bob"}
-            assert await alice.call("call:end", {"callId": again["callId"]}) == {"ok": True, "callId": again["callId"]}
-            cancelled = {"callId": again["callId"], "by": "alice", "reason": "cancelled"}
-            assert await alice.expect("call:ended") == cancelled
-            assert await bob2.expect("call:ended") == cancelled
-            assert alice.unread() == [] and bob2.unread() == []
-        finally:
-            await proxy.close()
-            for peer in (alice, bob, bob2):
-                if peer is not None:
-                    await peer.close()
+        bob2 = await scene.bob_again("bob (again)")
+        sid2 = bob2.sio.get_sid("/")
+        ack, joined = await bob2.join("bob", None if token == "none" else good[::-1] + "x")
+        assert ack == {"ok": True, "userId": "bob", "socketId": sid2}
+        assert joined.get("resumed") in (None, False) and "call" not in joined, joined
+        assert joined["userId"] == "bob" and joined["socketId"] == sid2
+        assert isinstance(joined.get("resumeToken"), str) and joined["resumeToken"] != good
+        # A take-over: the waiting call ends for alice at once, and bob gets nothing of it.
+        assert await alice.expect("call:ended") == {"callId": call_id, "by": "bob", "reason": "replaced"}
+        # The one who took over is in no call: a relay to alice is refused, alice can call him anew.
+        refused = await bob2.call("ice:candidate", {"to": "alice", "candidate": None})
+        assert refused["ok"] is False and refused["code"] == "NOT_IN_CALL", refused
+        again = await alice.call("call:initiate", {"to": "bob", "callType": "audio"})
+        assert again["ok"], again
+        assert await bob2.expect("call:incoming") == {"from": "alice", "callType": "audio",
+                                                      "callId": again["callId"]}
+        assert await alice.expect("call:initiated") == {"callId": again["callId"], "to": "bob"}
+        assert await alice.call("call:end", {"callId": again["callId"]}) == {"ok": True, "callId": again["callId"]}
+        cancelled = {"callId": again["callId"], "by": "alice", "reason": "cancelled"}
+        assert await alice.expect("call:ended") == cancelled
+        assert await bob2.expect("call:ended") == cancelled
+        assert alice.unread() == [] and bob2.unread() == []
 
-    await in_client_thread(scenario)
-    await settled(signalling)
+    await play(port, signalling, case, scenario)
 
 
 async def test_grace_passes_then_the_token_is_stale(start_server: StartServer, case: str) -> None:
     port, signalling = await serve(start_server, reconnect_grace=SHORT_GRACE)
 
-    async def scenario() -> None:
-        proxy = CutProxy(port)
-        await proxy.start()
-        alice = bob = bob2 = None
-        try:
-            alice, bob, token = await both_joined(port, proxy.port, case)
-            call_id = await live_call(alice, bob)
-            loop = asyncio.get_running_loop()
-            await cut_bob(proxy, bob, alice, call_id)
-            away = loop.time()
-            # Nobody comes back: at the end of the grace the call ends for alice, by bob.
-            assert await alice.expect("call:ended") == {"callId": call_id, "by": "bob", "reason": "disconnected"}
-            waited = loop.time() - away  # alice heard of the cut a moment after the server noticed it
-            assert SHORT_GRACE * 0.7 <= waited <= SHORT_GRACE + 0.5, waited
-            # bob is offline now: calling him says so.
-            offline = await alice.call("call:initiate", {"to": "bob", "callType": "video"})
-            assert offline["ok"] is False and offline["code"] == "USER_OFFLINE", offline
+    async def scenario(scene: Scene) -> None:
+        alice, token, call_id = scene.alice, scene.token, scene.call_id
+        loop = asyncio.get_running_loop()
+        await scene.cut_bob()
+        away = loop.time()
+        # Nobody comes back: at the end of the grace the call ends for alice, by bob.
+        assert await alice.expect("call:ended") == {"callId": call_id, "by": "bob", "reason": "disconnected"}
+        waited = loop.time() - away  # alice heard of the cut a moment after the server noticed it
+        assert SHORT_GRACE * 0.7 <= waited <= SHORT_GRACE + 0.5, waited
+        # bob is offline now: calling him says so.
+        offline = await alice.call("call:initiate", {"to": "bob", "callType": "video"})
+        assert offline["ok"] is False and offline["code"] == "USER_OFFLINE", offline
 
-            # His token has expired with the grace: a plain join, no call.
-            bob2 = Peer("bob (late)")
-            await bob2.connect(proxy.port, case)
-            ack, joined = await bob2.join("bob", token)
-            assert ack == {"ok": True, "userId": "bob", "socketId": bob2.sio.get_sid("/")}
-            assert joined.get("resumed") in (None, False) and "call" not in joined, joined
-            assert alice.unread() == [] and bob2.unread() == []
-        finally:
-            await proxy.close()
-            for peer in (alice, bob, bob2):
-                if peer is not None:
-                    await peer.close()
+        # His token has expired with the grace: a plain join, no call.
+        bob2 = await scene.bob_again("bob (late)")
+        ack, joined = await bob2.join("bob", token)
+        assert ack == {"ok": True, "userId": "bob", "socketId": bob2.sio.get_sid("/")}
+        assert joined.get("resumed") in (None, False) and "call" not in joined, joined
+        assert alice.unread() == [] and bob2.unread() == []
 
-    await in_client_thread(scenario)
-    await settled(signalling)
+    await play(port, signalling, case, scenario)
 
 
 async def test_resume_while_the_old_connection_looks_alive(start_server: StartServer, case: str) -> None:
@@ -453,47 +444,31 @@ async def test_resume_while_the_old_connection_looks_alive(start_server: StartSe
     failed, so the server still thinks he is there; his token takes the session back all the same."""
     port, signalling = await serve(start_server, reconnect_grace=GRACE, ping_interval=25.0, ping_timeout=20.0)
 
-    async def scenario() -> None:
-        proxy = CutProxy(port)
-        await proxy.start()
-        alice = bob = bob2 = None
-        try:
-            alice, bob, token = await both_joined(port, proxy.port, case)
-            call_id = await live_call(alice, bob)
-            assert proxy.freeze() >= 1
+    async def scenario(scene: Scene) -> None:
+        alice, bob, token, call_id = scene.alice, scene.bob, scene.token, scene.call_id
+        assert scene.proxy.freeze() >= 1
 
-            bob2 = Peer("bob (elsewhere)")
-            await bob2.connect(port, case)  # another network: straight to the server
-            sid2 = bob2.sio.get_sid("/")
-            ack, joined = await bob2.join("bob", token)
-            assert ack == {"ok": True, "userId": "bob", "socketId": sid2, "resumed": True}
-            assert joined.pop("resumeToken") != token
-            assert joined == {
-                "userId": "bob",
-                "socketId": sid2,
-                "resumed": True,
-                "call": {"callId": call_id, "peer": "alice", "role": "callee", "state": "connected",
-                         "callType": "video"},
-            }
-            back = {"callId": call_id, "userId": "bob"}
-            assert await bob2.expect("call:reconnected") == back
-            assert await alice.expect("call:reconnected") == back  # it never waited: no call:reconnecting
+        bob2 = await scene.bob_again("bob (elsewhere)", direct=True)  # another network: straight to the server
+        sid2 = bob2.sio.get_sid("/")
+        ack, joined = await bob2.join("bob", token)
+        assert ack == {"ok": True, "userId": "bob", "socketId": sid2, "resumed": True}
+        assert joined.pop("resumeToken") != token
+        assert joined == {
+            "userId": "bob",
+            "socketId": sid2,
+            "resumed": True,
+            "call": {"callId": call_id, "peer": "alice", "role": "callee", "state": "connected",
+                     "callType": "video"},
+        }
+        back = {"callId": call_id, "userId": "bob"}
+        assert await bob2.expect("call:reconnected") == back
+        assert await alice.expect("call:reconnected") == back  # it never waited: no call:reconnecting
 
-            ok = {"ok": True, "callId": call_id}
-            candidate = {"candidate": "candidate:7 1 udp 1 127.0.0.1 7000 typ host", "sdpMid": "0"}
-            assert await alice.call("ice:candidate", {"to": "bob", "candidate": candidate}) == ok
-            assert await bob2.expect("ice:candidate") == {"candidate": candidate, "from": "alice", "callId": call_id}
-            assert await alice.call("call:end", {"callId": call_id}) == ok
-            ended = {"callId": call_id, "by": "alice", "reason": "hangup"}
-            assert await alice.expect("call:ended") == ended
-            assert await bob2.expect("call:ended") == ended
-            assert alice.unread() == [] and bob2.unread() == []
-            assert bob.unread() == []  # the frozen connection delivered nothing more
-        finally:
-            await proxy.close()
-            for peer in (alice, bob, bob2):
-                if peer is not None:
-                    await peer.close()
+        ok = {"ok": True, "callId": call_id}
+        candidate = {"candidate": "candidate:7 1 udp 1 127.0.0.1 7000 typ host", "sdpMid": "0"}
+        assert await alice.call("ice:candidate", {"to": "bob", "candidate": candidate}) == ok
+        assert await bob2.expect("ice:candidate") == {"candidate": candidate, "from": "alice", "callId": call_id}
+        await hang_up(alice, bob2, call_id)
+        assert bob.unread() == []  # the frozen connection delivered nothing more
 
-    await in_client_thread(scenario)
-    await settled(signalling)
+    await play(port, signalling, case, scenario)

@@ -5,62 +5,27 @@ user, no call, no ring timer. One test runs the ``callbox`` command itself, as a
 
 from __future__ import annotations
 
-import contextlib
-import shutil
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
-from typing import Any
+from functools import partial
 
 import pytest
-import trio
 
+from _interop import NEEDS_NODE, NODE, StartServer, run_script, serve
+from _interop import settled as _settled
 from _paths import INTEROP
-from _raw import eventually
-from callbox import SocketIO
-from callbox.signalling import MemoryRegistry, Signalling, install
-
-StartServer = Callable[..., Awaitable[int]]
 
 SCRIPT = INTEROP / "signalling.mjs"
-NODE = shutil.which("node")
 SCENARIO_LIMIT = 40  # s: a scenario waits 5 s at most per step, 15 s for a killed peer
 
-pytestmark = [
-    pytest.mark.node,
-    pytest.mark.skipif(NODE is None, reason="node is not installed"),
-    pytest.mark.skipif(
-        not (INTEROP / "node_modules" / "socket.io-client").is_dir(), reason="tests/interop: run `npm ci` first"
-    ),
-]
+pytestmark = NEEDS_NODE
+
+# Here the server is held to no user, no call and no ring timer afterwards.
+settled = partial(_settled, graces=False)
 
 
 async def run_scenario(port: int, scenario: str, mode: str = "websocket") -> None:
-    assert NODE is not None
-    argv = [NODE, str(SCRIPT), f"http://127.0.0.1:{port}", scenario, mode]
-    with trio.fail_after(SCENARIO_LIMIT):
-        done = await trio.run_process(argv, capture_stdout=True, capture_stderr=True, check=False)
-    assert done.returncode == 0, f"{' '.join(argv)}\n{done.stdout.decode()}{done.stderr.decode()}"
-
-
-async def serve(start_server: StartServer, **settings: Any) -> tuple[int, Signalling]:
-    app = SocketIO()
-    signalling = install(app)
-    port = await start_server(app, **settings)
-    return port, signalling
-
-
-async def settled(signalling: Signalling) -> None:
-    """Every client has gone: the server lets go of everything (disconnects may lag the exit)."""
-    registry = signalling.registry
-    assert isinstance(registry, MemoryRegistry)
-
-    def idle() -> bool:
-        return not registry.users and not registry.calls and not signalling.timers
-
-    with contextlib.suppress(AssertionError):  # the assertion below says what is left
-        await eventually(idle, 5)
-    assert (registry.users, registry.calls, signalling.timers) == ({}, {}, {})
+    await run_script(SCRIPT, SCENARIO_LIMIT, f"http://127.0.0.1:{port}", scenario, mode)
 
 
 @pytest.mark.parametrize("mode", ["websocket", "polling", "default"])
