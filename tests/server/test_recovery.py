@@ -265,3 +265,32 @@ async def test_shutdown_ends_detached_sockets(start_server: Any) -> None:
     await app.app.shutdown()
     assert app.log[-1] == ("disconnect", answer["sid"], callbox.CloseReason.SERVER_SHUTDOWN.value)
     assert app.app.of("/").sockets == {} and app.app.of("/").by_pid == {}
+
+
+async def test_a_reconnect_is_checked_like_a_new_connection(start_server: Any) -> None:
+    """With token auth the CONNECT's token is verified again: a token for another user takes nothing
+    back (a fresh socket), a bad one is refused, the right one recovers."""
+    import time
+
+    import jwt
+
+    from callbox.signalling import create_app
+
+    secret = "s" * 32
+    app = create_app(callbox.Config(auth_secret=secret))
+    port = await start_server(app, auth_secret=secret, recovery_window=WINDOW)
+
+    def auth(user: str, **more: Any) -> dict[str, Any]:
+        claims = {"sub": user, "exp": int(time.time()) + 600}
+        return {"token": jwt.encode(claims, secret, algorithm="HS256"), **more}
+
+    sid, answer, _ = await connect(port, auth("alice"))
+    await lose(port, sid)
+    _, other, _ = await connect(port, auth("mallory", pid=answer["pid"]))
+    assert other["sid"] != answer["sid"]  # someone else's token: a fresh socket of its own
+    assert app.recoveries.get("declined") == 1
+    refused_sid, _ = await handshake(port)
+    await post_ok(port, refused_sid, "40" + json.dumps({"token": "nonsense", "pid": answer["pid"]}))
+    assert (await poll(port, refused_sid))[0].startswith("44")  # connect_error: Unauthorized
+    _, mine, _ = await connect(port, auth("alice", pid=answer["pid"]))
+    assert mine == {"sid": answer["sid"], "pid": answer["pid"]}
