@@ -340,7 +340,7 @@ async def scenario(plan: list[tuple[str, int, int, int]], max_events: int) -> No
                     assert ack == {"ok": True, "userId": a, "socketId": session.socket_id, "resumed": True}, ack
                     assert joined["resumed"] is True, joined
                     rec = registry.users[a]
-                    assert rec.socket_id == session.socket_id
+                    assert [d.socket_id for d in rec.devices] == [session.socket_id]
                     call = registry.calls.get(rec.call_id) if rec.call_id else None
                     if call is None:
                         assert "call" not in joined, joined
@@ -475,9 +475,9 @@ def check(w: World, m: Model, now: float) -> None:
         if user in m.away:
             assert m.away[user].deadline > now - EPS
             rec = registry.users.get(user)
-            assert rec is None or rec.socket_id == m.away[user].socket_id, rec
+            assert rec is None or [d.socket_id for d in rec.devices] == [m.away[user].socket_id], rec
         elif user in m.holder:
-            assert registry.users[user].socket_id == m.holder[user]
+            assert [d.socket_id for d in registry.users[user].devices] == [m.holder[user]]
         else:
             assert user not in registry.users
     # a call's parties are held by the sessions it names; an away party's grace has not passed

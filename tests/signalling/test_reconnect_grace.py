@@ -97,7 +97,7 @@ async def test_a_user_not_in_a_call_goes_offline_at_once(h: Harness) -> None:
     assert ack["code"] == "USER_OFFLINE"
     # a recovered connection holds its user id again (nobody took it meanwhile)
     await h.recover(bob)
-    assert h.registry.users["bob"].socket_id == bob.socket_id
+    assert [d.socket_id for d in h.registry.users["bob"].devices] == [bob.socket_id]
 
 
 async def test_no_grace_means_the_call_ends_at_once(nursery: trio.Nursery) -> None:

@@ -32,14 +32,15 @@ steps = st.lists(
 def check(h: Harness, holders: dict[str, Any]) -> None:
     users, calls = h.registry.users, h.registry.calls
     # who holds each user id is what the sessions think
-    assert {u: s.socket_id for u, s in holders.items()} == {u: rec.socket_id for u, rec in users.items()}
+    assert {u: [s.socket_id] for u, s in holders.items()} == {u: [d.socket_id for d in rec.devices]
+                                                              for u, rec in users.items()}
     in_calls: dict[str, list[str]] = {}
     for call in calls.values():
         assert call.state in (CallState.RINGING, CallState.CONNECTING, CallState.CONNECTED), call
         assert call.caller != call.callee
         for party in (call.caller, call.callee):
             in_calls.setdefault(party, []).append(call.id)
-            assert call.sockets_of(party) == (users[party].socket_id,)  # one device each
+            assert call.sockets_of(party) == tuple(d.socket_id for d in users[party].devices)  # one device each
     for user in users.values():
         if user.state is UserState.IN_CALL:
             assert in_calls.get(user.id) == [user.call_id]  # exactly one live call, and it is theirs

@@ -227,7 +227,7 @@ async def test_join_validation(h: Harness, payload: Any, message: str) -> None:
 async def test_join_accepts_user_ids(h: Harness, user_id: str) -> None:
     s = h.connect()
     assert (await h.emit(s, "user:join", {"userId": user_id}))["ok"]
-    assert h.registry.users[user_id].socket_id == s.socket_id
+    assert [d.socket_id for d in h.registry.users[user_id].devices] == [s.socket_id]
 
 
 async def test_join_twice(h: Harness) -> None:
@@ -409,7 +409,7 @@ async def test_take_over(h: Harness) -> None:
     assert h.disconnected == [alice.socket_id]
     assert h.take(bob) == [ended]
     assert h.take(alice2) == [("user:joined", {"userId": "alice", "socketId": alice2.socket_id, "resumeToken": TOKEN})]
-    assert h.registry.users["alice"].socket_id == alice2.socket_id
+    assert [d.socket_id for d in h.registry.users["alice"].devices] == [alice2.socket_id]
     # the new session can call at once
     assert (await h.emit(alice2, "call:initiate", {"to": "bob", "callType": "audio"}))["ok"]
 

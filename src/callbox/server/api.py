@@ -71,8 +71,9 @@ class DisconnectReason:
 
     CLIENT_DISCONNECT = "client namespace disconnect"
     SERVER_DISCONNECT = "server namespace disconnect"
-    # Engine.IO reasons pass through: "transport close", "transport error", "ping timeout",
-    # "parse error", "outbox full", "forced close", "server shutting down".
+    # Engine.IO reasons pass through: "client close", "transport close", "transport error",
+    # "ping timeout", "parse error", "outbox full", "rate limited", "forced close",
+    # "server shutting down", "recovered elsewhere" (see engineio.CloseReason).
 
 
 class Socket:

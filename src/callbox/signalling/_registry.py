@@ -72,11 +72,6 @@ class User(msgspec.Struct, frozen=True, gc=False):
         return None
 
     @property
-    def socket_id(self) -> str:
-        """The first device's session (the only one with ``max_devices`` 1)."""
-        return self.devices[0].socket_id
-
-    @property
     def reachable(self) -> bool:
         """Whether a device of it is connected (one that is away cannot be rung)."""
         return any(not d.away for d in self.devices)

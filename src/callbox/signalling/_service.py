@@ -65,7 +65,17 @@ from ._payloads import (
     ResumedCall,
     UserJoined,
 )
-from ._registry import Accepted, Call, Ended, Joined, MemoryRegistry, Registry, RegistryUnavailable, Returned
+from ._registry import (
+    Accepted,
+    Call,
+    Ended,
+    Joined,
+    MemoryRegistry,
+    Registry,
+    RegistryUnavailable,
+    Returned,
+    User,
+)
 from ._state import CallEvent, Outcome, Role
 
 __all__ = ["Signalling", "Session", "Transport", "Ack"]
@@ -446,13 +456,16 @@ class Signalling:
 
     def _welcome(self, session: Session, joined: Joined) -> None:
         """``user:joined`` to a device that holds its user id now; it rings if its user's call does."""
-        user = joined.user
-        device = user.device(session.socket_id)
-        token = None if device is None else device.resume_token
-        joined_event = UserJoined(user.id, session.socket_id, self._ice_servers(user.id),
-                                  msgspec.UNSET if token is None else token)
-        self.transport.send(session.socket_id, "user:joined", joined_event)
+        self._send_joined(joined.user, session.socket_id)
         self._ring_new_device(joined.ringing, session.socket_id)
+
+    def _send_joined(self, user: User, socket_id: str, resumed: bool | msgspec.UnsetType = msgspec.UNSET,
+                     call: ResumedCall | msgspec.UnsetType = msgspec.UNSET) -> None:
+        """``user:joined``, with the resume token of the device on ``socket_id`` (if it has one)."""
+        device = user.device(socket_id)
+        token = msgspec.UNSET if device is None or device.resume_token is None else device.resume_token
+        joined_event = UserJoined(user.id, socket_id, self._ice_servers(user.id), token, resumed, call)
+        self.transport.send(socket_id, "user:joined", joined_event)
 
     async def _resumed(self, session: Session, back: Returned) -> AckOk:
         """A new connection took its user's session back with the resume token: it is told so (with
@@ -466,11 +479,9 @@ class Signalling:
             resumed_call = ResumedCall(call.id, call.peer_of(role), role.value, call.state.value,  # type: ignore[arg-type]
                                        call.call_type)
         device = user.device(session.socket_id)
-        assert device is not None and device.resume_token is not None
+        assert device is not None
         session.device_id = device.device_id
-        joined_event = UserJoined(user.id, session.socket_id, self._ice_servers(user.id), device.resume_token,
-                                  True, resumed_call)
-        self.transport.send(session.socket_id, "user:joined", joined_event)
+        self._send_joined(user, session.socket_id, True, resumed_call)
         self._welcome_back(back)
         if back.previous_socket != session.socket_id:
             await self.transport.disconnect(back.previous_socket)
