@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gc
 import logging
@@ -9,16 +10,20 @@ import resource
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import trio
 
-from .config import Config, ConfigError, parse_args
+from .config import Config, ConfigError, drain_mode, parse_args
 from .logs import setup_logging
 from .server.api import SocketIO
 from .server.engine import EngineServer
-from .signalling import create_app
+from .signalling import create_app, install
 
 log = logging.getLogger("callbox")
+
+if TYPE_CHECKING:
+    from .signalling._cluster import Cluster
 
 
 def build_app(config: Config) -> SocketIO:
@@ -27,10 +32,29 @@ def build_app(config: Config) -> SocketIO:
 
 
 async def _run(config: Config) -> None:
-    app = build_app(config)
+    async with contextlib.AsyncExitStack() as stack:
+        cluster = None
+        if config.redis_url:
+            try:
+                from .signalling._cluster import open_cluster
+            except ImportError:
+                raise SystemExit("callbox: --redis-url needs the redis extra: pip install 'callbox[redis]'") from None
+            app = SocketIO(config)
+            cluster = await stack.enter_async_context(open_cluster(config, app.metrics))
+            install(app, cluster=cluster)
+        else:
+            app = build_app(config)
+        await _serve(config, app, cluster)
+
+
+async def _serve(config: Config, app: SocketIO, cluster: Cluster | None) -> None:
     server = EngineServer(app, config)
+    handover = drain_mode(config) == "handover"
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
+            if cluster is not None:
+                log.info("joining the other nodes", extra={"fields": {"node": cluster.node_id}})
+                await nursery.start(cluster.run)
             listeners = await nursery.start(server.serve)
             scheme = "https" if config.tls_cert else "http"
             for listener in listeners:
@@ -45,10 +69,14 @@ async def _run(config: Config) -> None:
             async for signum in signals:
                 log.info("shutting down", extra={"fields": {"signal": signal.Signals(signum).name}})
                 with trio.move_on_after(config.shutdown_timeout) as scope:
-                    await server.shutdown()
+                    await server.shutdown(handover=handover)
+                    if cluster is not None:
+                        await cluster.drained(handover=handover)
                 if scope.cancelled_caught:
                     log.warning("shutdown timeout passed; closing what is left",
                                 extra={"fields": {"sessions": len(server.sessions)}})
+                if cluster is not None:
+                    await cluster.leave()
                 nursery.cancel_scope.cancel()
                 break
     log.info("stopped")

@@ -12,6 +12,7 @@ import argparse
 import ipaddress
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -117,6 +118,19 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     # Connections that may hold one user id at once (a phone and a laptop). 1: a new one takes the
     # user id over; more: each device rings, the first to answer takes the call.
     max_devices: int = 1
+    # Several nodes: with a Redis URL, users, calls, deadlines and relays are shared through Redis
+    # (the callbox[redis] extra); empty: one node, all in memory.
+    redis_url: str = ""
+    redis_prefix: str = "callbox"  # every key is {prefix}:... (one hash slot)
+    redis_timeout: float = 2.0  # the deadline of every call to Redis
+    # This node's name among the others (in its sockets' ids); empty: random per start.
+    node_id: str = ""
+    # A node silent this long is taken as dead and claimed by one other node.
+    node_timeout: float = 10.0
+    # What SIGTERM/SIGINT do to calls: "end-calls" (they end, reason server_shutdown), or "handover"
+    # (connections close without a Socket.IO goodbye, clients reconnect to another node and resume).
+    # Empty: handover with a Redis URL, end-calls without.
+    drain_mode: str = ""
 
     def __post_init__(self) -> None:
         for s in SETTINGS:
@@ -133,11 +147,16 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
             raise ConfigError("turn_urls: TURN URLs need turn_secret to issue credentials")
         if self.static and not os.path.isdir(self.static):
             raise ConfigError(f"static: {self.static!r} is not a folder")
+        if self.drain_mode == "handover" and not self.redis_url:
+            raise ConfigError("drain_mode: handover needs redis_url (another node to hand over to)")
         for proxy in self.trusted_proxies:
             try:
                 ipaddress.ip_network(proxy, strict=False)
             except ValueError:
                 raise ConfigError(f"trusted_proxies: {proxy!r} is not an address or network") from None
+
+
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,32}")
 
 
 def _positive(v: float) -> bool:
@@ -244,6 +263,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("recovery_attempts_per_minute", "such attempts an address regains per minute", "/min", _positive, "> 0"),
     Setting("max_devices", "connections that may hold one user id at once (1: a new one takes it over)", "",
             lambda v: 1 <= v <= 100, "1-100"),
+    Setting("redis_url", "Redis (or Valkey) shared by several nodes, redis://host:port/db (none: one node)",
+            secret=True),
+    Setting("redis_prefix", "the hash tag of every Redis key", "", lambda v: _NAME.fullmatch(v) is not None,
+            "1-32 of A-Z a-z 0-9 _ -"),
+    Setting("redis_timeout", "seconds any one call to Redis may take", "s", _positive, "> 0"),
+    Setting("node_id", "this node's name among the others", "", lambda v: v == "" or _NAME.fullmatch(v) is not None,
+            "1-32 of A-Z a-z 0-9 _ -", command_default="random per start"),
+    Setting("node_timeout", "seconds without a heartbeat before a node is taken as dead", "s",
+            lambda v: 1 <= v <= 3600, "1-3600 s"),
+    Setting("drain_mode", "what SIGTERM does to calls: handover or end-calls", "",
+            lambda v: v in ("", "handover", "end-calls"), "handover, end-calls",
+            command_default="handover with --redis-url, else end-calls"),
 )
 
 
@@ -342,3 +373,8 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
             values[s.name] = _convert(s, raw, default)
     values.setdefault("recovery_window", values.get("reconnect_grace", defaults.reconnect_grace))
     return Config(**values)
+
+
+def drain_mode(config: Config) -> str:
+    """``handover`` or ``end-calls``: the setting, or its default for this config."""
+    return config.drain_mode or ("handover" if config.redis_url else "end-calls")

@@ -165,6 +165,9 @@ class CloseReason(enum.Enum):
     RATE_LIMITED = "rate limited"  # the client kept sending far past its rate limit
     FORCED_CLOSE = "forced close"  # the application closed it
     SERVER_SHUTDOWN = "server shutting down"
+    # The server drains in hand-over mode (several nodes): the client is closed without a Socket.IO
+    # goodbye, so that it reconnects (to another node) and takes its session back there.
+    HANDOVER = "server handover"
     RECOVERED_ELSEWHERE = "recovered elsewhere"  # its socket was taken back by a newer connection
 
 

@@ -84,7 +84,7 @@ class Socket:
                  "state", "_early", "_expiry", "_kept")
 
     def __init__(self, namespace: Namespace, client: _Client, auth: Any) -> None:
-        self.id = secrets.token_urlsafe(15)
+        self.id = client.server.socket_id_prefix + secrets.token_urlsafe(15)
         # Connection state recovery: the private id the client reconnects with, and what it was sent.
         recovery = client.server.config.recovery_window > 0
         self.pid = secrets.token_urlsafe(16) if recovery else None
@@ -387,6 +387,10 @@ class SocketIO:
         self._pending_lot = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
         self._shutdown_handlers: list[Handler] = []
+        # What every socket id starts with (a node's name, where several share the users).
+        self.socket_id_prefix = ""
+        # Each says why the app should get no new clients now (/readyz 503), or None.
+        self.readiness_checks: list[Callable[[], str | None]] = []
         # Recovery attempts that named no socket, per client address.
         self._recovery_misses = RateLimiter()
         self.recoveries = self.metrics.add(Counter(
@@ -420,18 +424,30 @@ class SocketIO:
         return self.namespaces["/"].emit(event, *args, room=room, skip=skip)
 
     def on_shutdown(self, fn: Handler) -> Handler:
-        """``handler()`` runs when the server drains, before every socket is disconnected."""
+        """``handler(handover)`` runs when the server drains, before every socket is disconnected."""
         self._shutdown_handlers.append(fn)
         return fn
 
-    async def shutdown(self) -> None:
-        """Run the shutdown handlers, then disconnect every socket (the client is told, and its
-        disconnect handler gets "server shutting down")."""
+    def unready(self) -> str | None:
+        """Why /readyz answers 503 (the first readiness check that says so), or None."""
+        for check in self.readiness_checks:
+            if (why := check()) is not None:
+                return why
+        return None
+
+    async def shutdown(self, *, handover: bool = False) -> None:
+        """Run the shutdown handlers (``handler(handover)``), then disconnect every socket (the client
+        is told, and its disconnect handler gets "server shutting down").
+
+        ``handover``: the clients are not told; their connections are about to close (reason
+        "server handover"), and a client reconnects by itself, to another node."""
         for fn in self._shutdown_handlers:
             try:
-                await _call(fn)
+                await _call(fn, handover)
             except Exception:
                 log.exception("shutdown handler failed")
+        if handover:
+            return
         for ns in self.namespaces.values():
             for sock in list(ns.sockets.values()):
                 if sock._expiry is not None:  # detached: nobody to tell

@@ -208,8 +208,8 @@ class Connection:
         elif path == "/healthz":
             await self.respond(200, _PLAIN, b"ok\n", head=head)
         elif path == "/readyz":
-            if server.draining:
-                await self.respond(503, _PLAIN, b"draining\n", head=head)
+            if (why := server.unready()) is not None:
+                await self.respond(503, _PLAIN, why.encode() + b"\n", head=head)
             else:
                 await self.respond(200, _PLAIN, b"ready\n", head=head)
         elif path == "/metrics":

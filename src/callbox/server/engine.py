@@ -47,6 +47,8 @@ class EngineApp(Protocol):
     async def run(self) -> None:
         """Background work of the application, run in the server nursery until shutdown."""
 
+    # Optional: ``unready() -> str | None``, why /readyz should answer 503 (None: ready).
+
 
 class EngineServer:
     """Serves one Engine.IO application on one port."""
@@ -90,6 +92,13 @@ class EngineServer:
             "callbox_tcp_connections", "Open TCP connections.", fn=lambda: {(): float(self.admission.connections)}
         ))
 
+    def unready(self) -> str | None:
+        """Why this server should not get new clients now (/readyz's 503), or None."""
+        if self.draining:
+            return "draining"
+        check = getattr(self.app, "unready", None)
+        return None if check is None else check()
+
     def _count_transports(self) -> dict[tuple[str, ...], float]:
         counts: dict[tuple[str, ...], float] = {("polling",): 0.0, ("websocket",): 0.0}
         for sock in self.sessions.values():
@@ -122,18 +131,22 @@ class EngineServer:
                 task_status.started(listeners)
                 await trio.sleep_forever()
 
-    async def shutdown(self) -> None:
+    async def shutdown(self, *, handover: bool = False) -> None:
         """Drain: stop accepting, fail /readyz, let the app end its work, close every session
         (what is queued is still delivered), and return once all are gone. Bound it with a
-        cancel scope; whatever is left then is cut off by cancelling :meth:`serve`."""
+        cancel scope; whatever is left then is cut off by cancelling :meth:`serve`.
+
+        ``handover``: the app hands its clients over to other nodes (``app.shutdown(handover=True)``)
+        and the sessions close with reason ``server handover``."""
         self.draining = True
         if self._accept_scope is not None:
             self._accept_scope.cancel()
         shutdown = getattr(self.app, "shutdown", None)
         if shutdown is not None:
-            await shutdown()
+            await (shutdown(handover=True) if handover else shutdown())
+        reason = CloseReason.HANDOVER if handover else CloseReason.SERVER_SHUTDOWN
         for sock in list(self.sessions.values()):
-            sock.close(CloseReason.SERVER_SHUTDOWN)
+            sock.close(reason)
         if self.sessions:
             await self._sessions_gone.wait()
 

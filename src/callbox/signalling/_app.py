@@ -9,25 +9,29 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from ..auth import TokenVerifier, Unauthorized
 from ..config import Config
-from ..engineio import CONNECTION_LOST
+from ..engineio import CONNECTION_LOST, CloseReason
 from ..metrics import Counter
 from ..server.api import ConnectionRefused, Namespace, Socket, SocketIO
 from ._observe import Observer
 from ._registry import Registry
-from ._service import Ack, Session, Signalling
+from ._service import Ack, Session, Signalling, Transport
+
+if TYPE_CHECKING:
+    from ._cluster import Cluster
 
 __all__ = ["create_app", "install"]
 
 log = logging.getLogger("callbox.signalling")
 
-# The disconnect reasons of a connection that went without a goodbye: its call waits for it.
-_LOST = frozenset(reason.value for reason in CONNECTION_LOST)
+# The disconnect reasons of a connection that went without a goodbye: its call waits for it. A node
+# that hands its clients over to others closes their connections as if lost.
+_LOST = frozenset(reason.value for reason in (*CONNECTION_LOST, CloseReason.HANDOVER))
 
 
 class _SocketIOTransport:
@@ -52,12 +56,20 @@ class _SocketIOTransport:
         self.app.start_soon(fn, *args)
 
 
-def install(app: SocketIO, registry: Registry | None = None) -> Signalling:
-    """Serve the signalling protocol on ``app``'s default namespace."""
+def install(app: SocketIO, registry: Registry | None = None, cluster: Cluster | None = None) -> Signalling:
+    """Serve the signalling protocol on ``app``'s default namespace: with its own ``registry``
+    (by default, in memory), or as a node of a ``cluster`` (:mod:`._cluster`), whose registry it is."""
     namespace = app.of("/")
     observer = Observer(app.metrics)
-    transport = _SocketIOTransport(app, namespace, observer.sent)
-    signalling = Signalling(transport, registry, lambda: app.config, observer)
+    transport: Transport = _SocketIOTransport(app, namespace, observer.sent)
+    if cluster is not None:
+        registry = cluster.registry
+        transport = cluster.wrap(transport)
+        app.socket_id_prefix = cluster.socket_id_prefix
+        app.readiness_checks.append(cluster.unready)
+    signalling = Signalling(transport, registry, lambda: app.config, observer, cluster)
+    if cluster is not None:
+        cluster.signalling = signalling
 
     @namespace.on_connect
     async def connect(socket: Socket, auth: object) -> None:

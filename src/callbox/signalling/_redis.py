@@ -52,7 +52,7 @@ script is applied whole or not at all.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Final, TypeVar
 
 import anyio
@@ -412,9 +412,10 @@ end
 return {user = user, replaced_socket = replaced and replaced.socket_id or NULL, ended = ended, ringing = ringing}
 """,
     "leave": """
-local user_id, socket_id = A[1], A[2]
+local user_id, socket_id, away_only = A[1], A[2], A[3]
 local user = get_user(user_id)
-if user == nil or device_of(user, socket_id) == nil then return NULL end  -- taken over already
+local device = user and device_of(user, socket_id)
+if device == nil or (away_only and not device.away) then return NULL end  -- taken over already (or back)
 return remove_device(user, socket_id, 'disconnected')
 """,
     "detach": """
@@ -594,21 +595,31 @@ class RedisRegistry:
         self.timeout = timeout
         self.prefix = "{" + prefix + "}:"
         self._scripts = {name: client.register_script(text) for name, text in SCRIPTS.items()}
+        self.observe: Callable[[float, bool], None] = lambda seconds, ok: None
 
-    async def _redis(self, request: object) -> object:
-        """One call to Redis under the deadline; its failures are :class:`RegistryUnavailable`."""
+    async def _redis(self, request: object, *, timed: bool = True) -> object:
+        """One call to Redis under the deadline; its failures are :class:`RegistryUnavailable`.
+        ``observe(seconds, ok)`` hears of each (a blocking read is not ``timed``: only its failure)."""
+        start = trio.current_time()
+        ok = False
         try:
             with trio.fail_after(self.timeout):
-                return await request  # type: ignore[misc]
+                reply = await request  # type: ignore[misc]
+            ok = True
+            return reply
         except trio.TooSlowError:
             raise RegistryUnavailable(f"Redis did not answer within {self.timeout} s") from None
         except coredis.exceptions.ResponseError as exc:
+            ok = True  # Redis answered: with our scripts' own error
             error = _transition_error(str(exc))
             if error is not None:
                 raise error from None
             raise RegistryUnavailable(f"Redis: {exc}") from exc
         except _UNAVAILABLE as exc:
             raise RegistryUnavailable(f"Redis: {exc!r}") from exc
+        finally:
+            if timed or not ok:
+                self.observe(trio.current_time() - start, ok)
 
     async def _run(self, name: str, result: type[T], *args: object) -> T:
         reply = await self._redis(self._scripts[name](
@@ -627,8 +638,8 @@ class RedisRegistry:
                    resume_token: str | None = None) -> Joined:
         return await self._run("join", Joined, user_id, socket_id, device_id, max_devices, resume_token)
 
-    async def leave(self, user_id: str, socket_id: str) -> Ended | None:
-        return await self._run("leave", Ended | None, user_id, socket_id)  # type: ignore[arg-type]
+    async def leave(self, user_id: str, socket_id: str, away_only: bool = False) -> Ended | None:
+        return await self._run("leave", Ended | None, user_id, socket_id, away_only)  # type: ignore[arg-type]
 
     async def detach(self, user_id: str, socket_id: str) -> Call | None:
         return await self._run("detach", Call | None, user_id, socket_id)  # type: ignore[arg-type]

@@ -153,9 +153,10 @@ class Registry(Protocol):
         device not in a call; a replaced device's call ends."""
         ...
 
-    async def leave(self, user_id: str, socket_id: str) -> Ended | None:
+    async def leave(self, user_id: str, socket_id: str, away_only: bool = False) -> Ended | None:
         """``socket_id`` is gone: if it is a device of ``user_id``, it goes; its call ends (disconnected)
-        if it took part in it (or was the only device rung); the user goes when its last device does."""
+        if it took part in it (or was the only device rung); the user goes when its last device does.
+        ``away_only``: only if that device is away (its grace passed; it did not come back meanwhile)."""
         ...
 
     async def detach(self, user_id: str, socket_id: str) -> Call | None:
@@ -345,10 +346,11 @@ class MemoryRegistry:
                 ringing = self.calls[call.id] = msgspec.structs.replace(call, ringing=(*call.ringing, socket_id))
         return Joined(user, None if replaced is None else replaced.socket_id, ended, ringing)
 
-    async def leave(self, user_id: str, socket_id: str) -> Ended | None:
+    async def leave(self, user_id: str, socket_id: str, away_only: bool = False) -> Ended | None:
         user = self.users.get(user_id)
-        if user is None or user.device(socket_id) is None:
-            return None  # taken over by another session already
+        device = None if user is None else user.device(socket_id)
+        if user is None or device is None or (away_only and not device.away):
+            return None  # taken over by another session already (or back)
         return self._remove_device(user, socket_id, Outcome.DISCONNECTED)
 
     async def detach(self, user_id: str, socket_id: str) -> Call | None:

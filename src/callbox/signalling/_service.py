@@ -17,6 +17,12 @@ task started through the transport (the server's nursery) that holds one cancel 
   user's return, the grace's end, or the user leaving ends it through :meth:`_end_grace`, the only
   place that does: the queue goes out (to the returned session, or to a detached socket that may
   still be recovered) and the scope is cancelled.
+
+With several nodes (a :class:`Shared`, :mod:`._cluster`) the deadlines live in the shared store
+instead, in its time: a ring deadline or a grace's end is fired by whichever node finds it due
+(:meth:`deadline_passed`), so it survives the node that set it. A grace's queue stays on the node
+of the lost session (or the node that claimed it); another node ends it there through the
+:class:`Shared` (:meth:`Shared.end_grace_at`).
 """
 
 from __future__ import annotations
@@ -78,7 +84,7 @@ from ._registry import (
 )
 from ._state import CallEvent, Outcome, Role
 
-__all__ = ["Signalling", "Session", "Transport", "Ack"]
+__all__ = ["Signalling", "Session", "Shared", "Transport", "Ack"]
 
 Ack = AckOk | AckError
 log = logging.getLogger("callbox.signalling")
@@ -102,6 +108,30 @@ class Transport(Protocol):
 
     def start_soon(self, fn: Callable[..., Awaitable[object]], *args: Any) -> None:
         """Run a background task that lives no longer than the server (RuntimeError once it is closing)."""
+        ...
+
+
+class Shared(Protocol):
+    """What the service needs from the other nodes when several share the registry (:mod:`._cluster`)."""
+
+    def here(self, socket_id: str) -> bool:
+        """Whether session ``socket_id`` is this node's (its own, or one of a dead node it claimed)."""
+        ...
+
+    async def deadline(self, kind: str, key: str, seconds: float) -> None:
+        """:meth:`Signalling.deadline_passed` runs (on some node, once) ``seconds`` from now."""
+        ...
+
+    async def take(self, key: str, burst: int, per_second: float) -> bool:
+        """A token from the shared bucket ``key``; False if it is empty."""
+        ...
+
+    def end_grace_at(self, socket_id: str, deliver_to: str | None) -> None:
+        """Tell the node that holds the grace of ``socket_id`` to end it (see :meth:`Signalling._end_grace`)."""
+        ...
+
+    def later(self, fn: Callable[..., Awaitable[object]], *args: Any) -> None:
+        """Run ``fn(*args)`` once the store answers again."""
         ...
 
 
@@ -187,8 +217,10 @@ class Signalling:
         registry: Registry | None = None,
         settings: Callable[[], Config] = Config,
         observer: Observer | None = None,
+        shared: Shared | None = None,
     ) -> None:
         self.transport = transport
+        self.shared = shared
         self.registry: Registry = MemoryRegistry() if registry is None else registry
         self.observe = Observer(MetricsRegistry()) if observer is None else observer
         # Read at each use: callbox.serve() may hand the app its config after it was built.
@@ -236,6 +268,17 @@ class Signalling:
         so with a reconnect grace a user in a call is waited for: the peer is told
         ``call:reconnecting``. Otherwise (or not in a call) the user goes offline and its call ends
         for the peer."""
+        try:
+            await self._closed(session, lost)
+        except RegistryUnavailable:
+            if self.shared is None:
+                raise
+            # What is shared must not keep a session that went: it goes once the store answers.
+            log.warning("registry unavailable: the session leaves once it is back",
+                        extra={"fields": {"socket": session.socket_id}})
+            self.shared.later(self.closed, session, lost)
+
+    async def _closed(self, session: Session, lost: bool) -> None:
         user_id = session.user_id
         if user_id is None:
             return
@@ -245,8 +288,10 @@ class Signalling:
             return  # left already (its socket's end follows its detach), or taken over
         grace = self.settings().reconnect_grace
         if lost and grace > 0:
+            was_away = user.device(socket_id).away  # type: ignore[union-attr]
             call = await self.registry.detach(user_id, socket_id)
-            if call is not None and (socket_id in self.graces or self._start_grace(user_id, socket_id, grace, call)):
+            if call is not None and (socket_id in self.graces
+                                     or await self._start_grace(user_id, socket_id, grace, call, was_away)):
                 return
         ended = await self.registry.leave(user_id, socket_id)
         self._end_grace(socket_id, None)
@@ -282,10 +327,41 @@ class Signalling:
             self.transport.send(session.socket_id, "error", ErrorEvent(SignallingError(code).message, code))
             await self.transport.disconnect(session.socket_id)
 
-    async def shutdown(self) -> None:
-        """End every call (reason ``server_shutdown``), before the server disconnects everyone."""
+    async def shutdown(self, handover: bool = False) -> None:
+        """End every call (reason ``server_shutdown``), before the server disconnects everyone.
+
+        Not with ``handover`` (the connections close as lost: each user's call waits for it to come
+        back through another node), nor with several nodes (the calls are theirs too: each of this
+        node's users leaves as its connection closes)."""
+        if handover or self.shared is not None:
+            return
         for ended in await self.registry.end_all(Outcome.SERVER_SHUTDOWN):
             self._ended(ended)
+
+    async def deadline_passed(self, kind: str, key: str) -> None:
+        """A shared deadline (:meth:`Shared.deadline`) passed: a call's ringing (``ring``, the call id),
+        or an away user's grace (``grace``, the JSON of [user id, session id])."""
+        if kind == "ring":
+            ended = await self.registry.time_out(key)
+            if ended is not None:
+                self._ended(ended)
+            return
+        user_id, socket_id = msgspec.json.decode(key, type=tuple[str, str])
+        user = await self.registry.user(user_id)
+        device = None if user is None else user.device(socket_id)
+        if device is None or not device.away:
+            return  # it came back, or left, meanwhile
+        await self._grace_over(user_id, socket_id)
+
+    def deliver(self, socket_id: str, event: str, payload: msgspec.Struct | msgspec.Raw) -> None:
+        """An event from another node for a session of this one (a relay may find its grace full:
+        it is dropped, and logged, since its sender had its ack already)."""
+        if socket_id in self.graces:
+            if not self._send(socket_id, event, payload, bounded=True):  # type: ignore[arg-type]
+                log.warning("relay dropped: the away user's queue is full",
+                            extra={"fields": {"socket": socket_id, "event": event}})
+        else:
+            self.transport.send(socket_id, event, payload)  # type: ignore[arg-type]
 
     # -- telling the parties ----------------------------------------------------------------------
 
@@ -343,7 +419,10 @@ class Signalling:
 
     # -- ring timers ------------------------------------------------------------------------------
 
-    def _start_timer(self, call_id: str, seconds: float) -> None:
+    async def _start_timer(self, call_id: str, seconds: float) -> None:
+        if self.shared is not None:
+            await self.shared.deadline("ring", call_id, seconds)
+            return
         scope = trio.CancelScope(deadline=trio.current_time() + seconds)
         self.timers[call_id] = scope
         self.transport.start_soon(self._ring, call_id, scope)
@@ -365,15 +444,22 @@ class Signalling:
 
     # -- reconnect graces -------------------------------------------------------------------------
 
-    def _start_grace(self, user_id: str, socket_id: str, seconds: float, call: Call) -> bool:
-        """False if the server is closing (nothing may start): the user leaves instead."""
+    async def _start_grace(self, user_id: str, socket_id: str, seconds: float, call: Call, was_away: bool) -> bool:
+        """False if the server is closing (nothing may start): the user leaves instead. ``was_away``:
+        a grace ran for it on another node already (this one claimed that node): it goes on."""
         now = trio.current_time()
         grace = _Grace(user_id, socket_id, trio.CancelScope(deadline=now + seconds), now)
-        try:
-            self.transport.start_soon(self._wait_grace, grace)
-        except RuntimeError:
-            return False
+        if self.shared is not None:
+            if not was_away:
+                await self.shared.deadline("grace", msgspec.json.encode([user_id, socket_id]).decode(), seconds)
+        else:
+            try:
+                self.transport.start_soon(self._wait_grace, grace)
+            except RuntimeError:
+                return False
         self.graces[socket_id] = grace
+        if was_away:
+            return True
         self.observe.reconnecting(user_id, call.id)
         peer = call.callee if user_id == call.caller else call.caller
         self._tell(call.sockets_of(peer), "call:reconnecting", CallReconnecting(call.id, user_id))
@@ -384,6 +470,8 @@ class Signalling:
         ``deliver_to`` (its new session), else to the session it left (which may be recovered)."""
         grace = self.graces.pop(socket_id, None)
         if grace is None:
+            if self.shared is not None and not self.shared.here(socket_id):
+                self.shared.end_grace_at(socket_id, deliver_to)
             return None
         grace.scope.cancel()
         for event, payload in grace.queue:
@@ -395,12 +483,16 @@ class Signalling:
             await trio.sleep_forever()
         if self.graces.get(grace.socket_id) is not grace:
             return  # the user came back, or left, and that ended the grace
-        self._end_grace(grace.socket_id, None)
-        self.observe.grace_expired(grace.user_id)
-        ended = await self.registry.leave(grace.user_id, grace.socket_id)
+        await self._grace_over(grace.user_id, grace.socket_id)
+
+    async def _grace_over(self, user_id: str, socket_id: str) -> None:
+        """The grace of the user away on ``socket_id`` passed: it leaves, its call ends."""
+        self._end_grace(socket_id, None)
+        self.observe.grace_expired(user_id)
+        ended = await self.registry.leave(user_id, socket_id, away_only=True)
         if ended is not None:
             self._ended(ended)
-        self.observe.left(grace.user_id, grace.socket_id)
+        self.observe.left(user_id, socket_id)
         self.observe.online((await self.registry.counts())[0])
 
     def _welcome_back(self, back: Returned) -> None:
@@ -500,7 +592,9 @@ class Signalling:
         user_id = self._user(session)
         config = self.settings()
         # Every attempt takes a token, refused or malformed: probing who is online costs as much.
-        if not self.limiter.take(user_id, trio.current_time(), config.initiate_burst, config.initiate_per_minute / 60):
+        rate = config.initiate_per_minute / 60
+        if not (self.limiter.take(user_id, trio.current_time(), config.initiate_burst, rate) if self.shared is None
+                else await self.shared.take("initiate:" + user_id, config.initiate_burst, rate)):
             raise SignallingError(ErrorCode.RATE_LIMITED)
         request = _payload(args, Initiate)
         call = await self.registry.initiate(user_id, session.socket_id, request.to, request.callType, new_call_id())
@@ -511,7 +605,7 @@ class Signalling:
         self._tell(call.ringing, "call:incoming", CallIncoming(user_id, call.call_type, call.id))
         self.transport.send(session.socket_id, "call:initiated", CallInitiated(call.id, call.callee))
         if await self.registry.ring(call.id) is not None:
-            self._start_timer(call.id, config.ring_timeout)
+            await self._start_timer(call.id, config.ring_timeout)
         return AckOk(True, callId=call.id)
 
     async def _accept(self, session: Session, args: Sequence[object]) -> AckOk:
