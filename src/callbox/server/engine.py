@@ -70,6 +70,7 @@ class EngineServer:
         self._nursery: trio.Nursery | None = None
         self._accept_scope: trio.CancelScope | None = None
         self._sessions_gone = trio.Event()  # set when draining and the last session has ended
+        self._closing = 0  # sessions whose application close handler still runs
         self.refused = self.metrics.add(Counter(
             "callbox_http_refused_total", "Connections and requests refused or cut off, by reason.", ["reason"],
             initial=[(r,) for r in REFUSALS],
@@ -147,7 +148,7 @@ class EngineServer:
         reason = CloseReason.HANDOVER if handover else CloseReason.SERVER_SHUTDOWN
         for sock in list(self.sessions.values()):
             sock.close(reason)
-        if self.sessions:
+        if self.sessions or self._closing:
             await self._sessions_gone.wait()
 
     async def linger(self, stream: Any) -> None:
@@ -203,12 +204,15 @@ class EngineServer:
             self.rate_limited.inc("disconnected")
         log.info("session closed", extra={"fields": {"sid": sid, "remote": sock.remote_address,
                                                      "reason": reason.value}})
-        if self.draining and not self.sessions:
-            self._sessions_gone.set()
+        self._closing += 1
         try:
             await self.app.on_close(sock, reason)
         except Exception:
             log.exception("close handler failed for session %s", sid)
+        finally:
+            self._closing -= 1
+            if self.draining and not self.sessions and not self._closing:
+                self._sessions_gone.set()
 
     async def deliver(self, sock: EngineSocket, message: str | bytes) -> None:
         try:

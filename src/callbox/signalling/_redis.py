@@ -601,25 +601,24 @@ class RedisRegistry:
         """One call to Redis under the deadline; its failures are :class:`RegistryUnavailable`.
         ``observe(seconds, ok)`` hears of each (a blocking read is not ``timed``: only its failure)."""
         start = trio.current_time()
-        ok = False
         try:
             with trio.fail_after(self.timeout):
                 reply = await request  # type: ignore[misc]
-            ok = True
-            return reply
         except trio.TooSlowError:
+            self.observe(self.timeout, False)
             raise RegistryUnavailable(f"Redis did not answer within {self.timeout} s") from None
         except coredis.exceptions.ResponseError as exc:
-            ok = True  # Redis answered: with our scripts' own error
-            error = _transition_error(str(exc))
+            error = _transition_error(str(exc))  # Redis answered: with our scripts' own error, or its
             if error is not None:
                 raise error from None
+            self.observe(trio.current_time() - start, False)
             raise RegistryUnavailable(f"Redis: {exc}") from exc
         except _UNAVAILABLE as exc:
+            self.observe(trio.current_time() - start, False)
             raise RegistryUnavailable(f"Redis: {exc!r}") from exc
-        finally:
-            if timed or not ok:
-                self.observe(trio.current_time() - start, ok)
+        if timed:
+            self.observe(trio.current_time() - start, True)
+        return reply
 
     async def _run(self, name: str, result: type[T], *args: object) -> T:
         reply = await self._redis(self._scripts[name](

@@ -263,7 +263,7 @@ class Signalling:
                 self.transport.send(session.socket_id, "error", ErrorEvent(exc.message, exc.code))
             return AckError(False, exc.code, exc.message)
 
-    async def closed(self, session: Session, *, lost: bool = False) -> None:
+    async def closed(self, session: Session, lost: bool = False) -> None:
         """The session's connection went. ``lost``: without a goodbye (a network blip, a dead peer),
         so with a reconnect grace a user in a call is waited for: the peer is told
         ``call:reconnecting``. Otherwise (or not in a call) the user goes offline and its call ends
