@@ -11,8 +11,6 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import msgspec
-
 from ..auth import TokenVerifier, Unauthorized
 from ..config import Config
 from ..engineio import CONNECTION_LOST, CloseReason
@@ -20,7 +18,7 @@ from ..metrics import Counter
 from ..server.api import ConnectionRefused, Namespace, Socket, SocketIO
 from ._observe import Observer
 from ._registry import Registry
-from ._service import Ack, Session, Signalling, Transport
+from ._service import Ack, Payload, Session, Signalling, Transport
 
 if TYPE_CHECKING:
     from ._cluster import Cluster
@@ -40,7 +38,7 @@ class _SocketIOTransport:
         self.namespace = namespace
         self.sent = sent
 
-    def send(self, socket_id: str, event: str, payload: msgspec.Struct) -> bool:
+    def send(self, socket_id: str, event: str, payload: Payload) -> bool:
         socket = self.namespace.sockets.get(socket_id)
         if socket is not None and socket.emit(event, payload):
             self.sent.inc(event)

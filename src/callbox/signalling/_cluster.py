@@ -46,7 +46,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import coredis
@@ -56,9 +56,11 @@ import trio
 from ..config import Config
 from ..metrics import Counter, Gauge, Histogram
 from ..metrics import Registry as MetricsRegistry
+from ._payloads import AnswerRelay, CandidateRelay, OfferRelay
 from ._redis import RedisRegistry
-from ._registry import RegistryUnavailable
-from ._service import Session, Transport
+from ._registry import Call, RegistryUnavailable
+from ._service import Payload, Sent, Session, Transport
+from ._state import CallEvent
 
 if TYPE_CHECKING:
     from ._service import Signalling
@@ -87,7 +89,7 @@ RTT_BUCKETS: Final = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5, 1)
 _FORWARD = """
 local P, maxlen = ARGV[1], ARGV[2]
 for i = 3, #ARGV, 5 do
-  redis.call('XADD', P .. 'inbox:' .. ARGV[i], 'MAXLEN', '~', maxlen, '*',
+  redis.call('XADD', P .. 'inbox:' .. ARGV[i], 'NOMKSTREAM', 'MAXLEN', '~', maxlen, '*',
              's', ARGV[i + 1], 'k', ARGV[i + 2], 'e', ARGV[i + 3], 'p', ARGV[i + 4])
 end
 return #ARGV
@@ -125,11 +127,12 @@ return taken
 """
 
 # A heartbeat: ARGV = prefix, node id, node timeout (ms), "1" to claim the node's own id (a node
-# that starts under the name of one that was not claimed). Scores the node; claims at most one
-# silent node. Returns {now, nodes alive} or {now, nodes alive, claimed node, end of its inbox,
+# that starts under the name of one that was not claimed), the last id the node read from its inbox
+# ("" at its first beat, which makes its inbox). Scores the node; claims at most one silent node.
+# Returns {now, nodes alive} or {now, nodes alive, claimed node, where it had read its inbox to,
 # {user id, session id, ...}}.
 _BEAT = _NOW + """
-local P, me, timeout, own = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1'
+local P, me, timeout, own, read = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1', ARGV[5]
 redis.call('ZADD', P .. 'nodes', now, me)
 local claimed = nil
 if own then
@@ -142,22 +145,34 @@ else
   end
 end
 local alive = redis.call('ZCOUNT', P .. 'nodes', now - timeout, '+inf')
-if claimed == nil then return {now, alive} end
-local sessions = {}
-local mark = claimed .. '.'
-for _, id in ipairs(redis.call('SMEMBERS', P .. 'users')) do
-  local raw = redis.call('GET', P .. 'user:' .. id)
-  if raw then
-    for _, d in ipairs(cjson.decode(raw).devices) do
-      if string.sub(d.socket_id, 1, #mark) == mark then
-        table.insert(sessions, id)
-        table.insert(sessions, d.socket_id)
+local reply = {now, alive}
+if claimed ~= nil then
+  local sessions = {}
+  local mark = claimed .. '.'
+  for _, id in ipairs(redis.call('SMEMBERS', P .. 'users')) do
+    local raw = redis.call('GET', P .. 'user:' .. id)
+    if raw then
+      for _, d in ipairs(cjson.decode(raw).devices) do
+        if string.sub(d.socket_id, 1, #mark) == mark then
+          table.insert(sessions, id)
+          table.insert(sessions, d.socket_id)
+        end
       end
     end
   end
+  local was_read = redis.call('GET', P .. 'read:' .. claimed) or ('0-0')
+  if claimed ~= me then
+    redis.call('DEL', P .. 'read:' .. claimed)
+    redis.call('PEXPIRE', P .. 'inbox:' .. claimed, 3600000)  -- read by the claimer for its graces, then gone
+  end
+  reply = {now, alive, claimed, was_read, sessions}
 end
-local last = redis.call('XREVRANGE', P .. 'inbox:' .. claimed, '+', '-', 'COUNT', 1)
-return {now, alive, claimed, #last > 0 and last[1][1] or (now .. '-0'), sessions}
+if read == '' then
+  redis.call('XADD', P .. 'inbox:' .. me, 'MAXLEN', '~', ARGV[6], '*', 'k', 'h')  -- the inbox exists
+  if own then read = reply[4] else read = now .. '-0' end
+end
+redis.call('SET', P .. 'read:' .. me, read)
+return reply
 """
 
 # Leaving: scored as long dead, so that another node claims what is left at once.
@@ -178,6 +193,9 @@ async def _guarded(fn: Callable[..., Awaitable[object]], *args: Any, retry: Clus
         retry.later(fn, *args)
     except Exception:
         log.exception("cluster work failed: %r", fn)
+
+
+_THEN: Final = msgspec.json.Decoder(list[tuple[str, str, msgspec.Raw]])
 
 
 def node_of(socket_id: str) -> str | None:
@@ -203,6 +221,9 @@ class Cluster:
         self.inboxes: dict[str, str] = {}  # inbox key -> the last id read
         self._outbox: list[tuple[str, str, str, str, bytes]] = []  # (node, socket, kind, event, payload)
         self._outbox_ready = trio.Event()
+        self._empty = trio.Event()  # set while the outbox is empty
+        self._empty.set()
+        self._reading = trio.CancelScope()  # the inbox read under way
         self._later: list[tuple[Callable[..., Awaitable[object]], tuple[Any, ...]]] = []
         self._scripts = {name: registry.client.register_script(text) for name, text in (
             ("forward", _FORWARD), ("deadline", _DEADLINE), ("due", _DUE), ("take", _TAKE),
@@ -235,8 +256,28 @@ class Cluster:
     async def take(self, key: str, burst: int, per_second: float) -> bool:
         return bool(await self._script("take", key, burst, per_second / 1000))
 
-    def end_grace_at(self, socket_id: str, deliver_to: str | None) -> None:
-        self._forward(socket_id, "g", "", (deliver_to or "").encode())
+    def own(self, socket_id: str) -> bool:
+        return socket_id.startswith(self.socket_id_prefix)
+
+    async def relay(self, user_id: str, socket_id: str, target: str, event: CallEvent, name: str,
+                    relay: OfferRelay | AnswerRelay | CandidateRelay) -> Call:
+        if self._outbox:  # what this node sent before goes first
+            with trio.move_on_after(self.registry.timeout):
+                await self._empty.wait()
+            if self._outbox:
+                raise RegistryUnavailable("Redis has not taken this node's earlier events")
+        with_type = getattr(relay, "callType", None) is msgspec.UNSET
+        head = msgspec.json.encode(relay)[:-1]  # up to the closing brace: the script adds the rest
+        call = await self.registry.relay(user_id, socket_id, target, event,
+                                         (self.node_id, name, head, with_type, INBOX_MAXLEN))
+        remote = sum(1 for s in call.sockets_of(target) if not self.own(s))
+        if remote:
+            self.relays.inc("out", value=remote)
+        return call
+
+    def end_grace_at(self, socket_id: str, deliver_to: str | None,
+                     then: Sequence[Sent]) -> None:
+        self._forward(socket_id, "g", deliver_to or "", msgspec.json.encode(then))
 
     def later(self, fn: Callable[..., Awaitable[object]], *args: Any) -> None:
         self._later.append((fn, args))
@@ -251,6 +292,8 @@ class Cluster:
             self.dropped.inc()
             log.error("event for another node dropped: Redis has been away too long",
                       extra={"fields": {"node": dropped[0], "socket": dropped[1], "event": dropped[3]}})
+        if not self._outbox:
+            self._empty = trio.Event()
         self._outbox.append((node, socket_id, kind, event, payload))
         self._outbox_ready.set()
 
@@ -289,8 +332,10 @@ class Cluster:
 
     async def _beat(self, *, first: bool = False) -> bool:
         timeout_ms = int(self.node_timeout * 1000)
+        read = "" if first else self.inboxes[self._inbox(self.node_id)]
         try:
-            reply = await self._script("beat", self.node_id, timeout_ms, "1" if first and self.claim_own else "0")
+            reply = await self._script("beat", self.node_id, timeout_ms, "1" if first and self.claim_own else "0",
+                                       read, INBOX_MAXLEN)
         except RegistryUnavailable as exc:
             log.warning("heartbeat failed", extra={"fields": {"error": str(exc)}})
             return False
@@ -298,8 +343,9 @@ class Cluster:
             self.up = True
             log.info("redis available", extra={"fields": {"node": self.node_id}})
         self.nodes_alive = int(reply[1])
-        if first:
-            self.inboxes[self._inbox(self.node_id)] = f"{int(reply[0]) - 1}-0"
+        if first:  # read from now on (a node that had this name: from where it had read to)
+            own = len(reply) > 2 and reply[2].decode() == self.node_id
+            self.inboxes[self._inbox(self.node_id)] = reply[3].decode() if own else f"{reply[0]}-0"
         if len(reply) > 2:
             await self._claim(reply[2].decode(), reply[3].decode(), [x.decode() for x in reply[4]])
         later, self._later = self._later, []
@@ -313,7 +359,7 @@ class Cluster:
             await trio.sleep(period)
             await self._beat()
 
-    async def _claim(self, node: str, inbox_end: str, sessions: list[str]) -> None:
+    async def _claim(self, node: str, was_read: str, sessions: list[str]) -> None:
         """A dead node's sessions are this node's now: each was lost without a goodbye."""
         assert self.signalling is not None
         if node != self.node_id or sessions:
@@ -321,7 +367,8 @@ class Cluster:
                                                            "sessions": len(sessions) // 2}})
         if node != self.node_id:
             self.claimed.add(node)
-            self.inboxes[self._inbox(node)] = inbox_end
+            self.inboxes[self._inbox(node)] = was_read  # what it read since its last beat comes again
+            self._reading.cancel()  # the read under way does not cover that inbox: a new one does
         for user_id, socket_id in zip(sessions[::2], sessions[1::2], strict=True):
             session = Session(socket_id)
             session.user_id = user_id
@@ -334,12 +381,14 @@ class Cluster:
         assert self.signalling is not None
         block = int(min(1.0, self.registry.timeout / 2) * 1000)
         while True:
-            try:
-                reply = await self.registry._redis(self.reader.xread(dict(self.inboxes), count=BATCH, block=block),
-                                                   timed=False)
-            except RegistryUnavailable:
-                await trio.sleep(RETRY)
-                continue
+            reply = None
+            with trio.CancelScope() as self._reading:
+                try:
+                    reply = await self.registry._redis(
+                        self.reader.xread(dict(self.inboxes), count=BATCH, block=block), timed=False)
+                except RegistryUnavailable:
+                    await trio.sleep(RETRY)
+                    continue
             for key, entries in (reply or {}).items():  # type: ignore[attr-defined]
                 for entry in entries:
                     self.inboxes[key.decode()] = entry.identifier.decode()
@@ -347,14 +396,17 @@ class Cluster:
 
     async def _apply(self, identifier: bytes, fields: dict[bytes, bytes]) -> None:
         assert self.signalling is not None
-        socket_id = fields[b"s"].decode()
         kind = fields[b"k"]
+        if kind == b"h":
+            return  # the entry that made the inbox
+        socket_id = fields[b"s"].decode()
         if kind == b"m":
             self.relays.inc("in")
             self.lag.observe(max(0.0, time.time() - int(identifier.split(b"-")[0]) / 1000))
             self.signalling.deliver(socket_id, fields[b"e"].decode(), msgspec.Raw(fields[b"p"]))
         elif kind == b"g":
-            self.signalling._end_grace(socket_id, fields[b"p"].decode() or None)
+            then = _THEN.decode(fields[b"p"])
+            self.signalling.end_grace_here(socket_id, fields[b"e"].decode() or None, then)
         elif kind == b"d":
             await self.signalling.transport.disconnect(socket_id)
 
@@ -375,6 +427,7 @@ class Cluster:
                     continue
                 del self._outbox[:len(batch)]
                 self.relays.inc("out", value=len(batch))
+            self._empty.set()
 
     async def _ticks(self) -> None:
         assert self.signalling is not None
@@ -411,7 +464,7 @@ class ClusterTransport:
         self.inner = inner
         self.cluster = cluster
 
-    def send(self, socket_id: str, event: str, payload: msgspec.Struct) -> bool:
+    def send(self, socket_id: str, event: str, payload: Payload) -> bool:
         if self.cluster.here(socket_id):
             return self.inner.send(socket_id, event, payload)
         self.cluster._forward(socket_id, "m", event, msgspec.json.encode(payload))

@@ -532,7 +532,7 @@ if call == nil or not allows(call.state, 'timeout', 'server') then return NULL e
 return end_(call, 'timeout', 'timeout', NULL)
 """,
     "relay": """
-local user_id, socket_id, target, event = A[1], A[2], A[3], A[4]
+local user_id, socket_id, target, event, forward = A[1], A[2], A[3], A[4], A[5]
 local user = holder(user_id, socket_id)
 if get_user(target) == nil then refuse('NOT_IN_CALL', 'User not found') end
 local call = nil
@@ -541,7 +541,24 @@ local role = call and role_of(call, user_id, socket_id)
 if call == nil or role == nil or peer_of(call, role) ~= target or not allows(call.state, event, role) then
   refuse('NOT_IN_CALL')
 end
-return call_moves(call, event)
+call = call_moves(call, event)
+if forward and forward ~= NULL then
+  -- forward = {this node, event name, with callType, inbox maxlen}; ARGV[3] the payload's JSON up to
+  -- its callId (and callType when with_type), which are added here: the relay for the target's
+  -- sessions on other nodes, appended to their inboxes in this same step.
+  local node, name, with_type, maxlen = forward[1], forward[2], forward[3], forward[4]
+  local body = ARGV[3]
+  if with_type then body = body .. ',"callType":"' .. call.call_type .. '"' end
+  body = body .. ',"callId":"' .. call.id .. '"}'
+  for _, s in ipairs(sockets_of(call, target)) do
+    local at = string.match(s, '^([^.]+)%.')
+    if at ~= nil and at ~= node then
+      redis.call('XADD', P .. 'inbox:' .. at, 'NOMKSTREAM', 'MAXLEN', '~', maxlen, '*',
+                 's', s, 'k', 'm', 'e', name, 'p', body)
+    end
+  end
+end
+return call
 """,
     "end_all": """
 local ended = {}
@@ -620,10 +637,10 @@ class RedisRegistry:
             self.observe(trio.current_time() - start, True)
         return reply
 
-    async def _run(self, name: str, result: type[T], *args: object) -> T:
+    async def _run(self, name: str, result: type[T], *args: object, raw: bytes = b"") -> T:
         reply = await self._redis(self._scripts[name](
             keys=[self.prefix + "clock"],  # any key of the slot: what routes the script on a Cluster
-            args=[self.prefix, msgspec.json.encode(args)],
+            args=[self.prefix, msgspec.json.encode(args), raw],
         ))
         assert isinstance(reply, list)
         if reply[0] == b"err":
@@ -667,8 +684,16 @@ class RedisRegistry:
     async def time_out(self, call_id: str) -> Ended | None:
         return await self._run("time_out", Ended | None, call_id)  # type: ignore[arg-type]
 
-    async def relay(self, user_id: str, socket_id: str, target: str, event: CallEvent) -> Call:
-        return await self._run("relay", Call, user_id, socket_id, target, event)
+    async def relay(self, user_id: str, socket_id: str, target: str, event: CallEvent,
+                    forward: tuple[str, str, bytes, bool, int] | None = None) -> Call:
+        """:meth:`Registry.relay`; with ``forward`` (this node, the event's name, its payload's JSON up to
+        the callId, whether the callType is added too, the inboxes' length), the relay also goes to
+        the target's sessions on other nodes, in the same step (:mod:`._cluster`)."""
+        if forward is None:
+            return await self._run("relay", Call, user_id, socket_id, target, event)
+        node, name, head, with_type, maxlen = forward
+        return await self._run("relay", Call, user_id, socket_id, target, event, (node, name, with_type, maxlen),
+                               raw=head)
 
     async def end_all(self, outcome: Outcome) -> list[Ended]:
         return await self._run("end_all", list[Ended], outcome)

@@ -84,7 +84,7 @@ from ._registry import (
 )
 from ._state import CallEvent, Outcome, Role
 
-__all__ = ["Signalling", "Session", "Shared", "Transport", "Ack"]
+__all__ = ["Signalling", "Session", "Shared", "Transport", "Ack", "Payload", "Sent"]
 
 Ack = AckOk | AckError
 log = logging.getLogger("callbox.signalling")
@@ -95,10 +95,14 @@ MAX_SHOWN_EVENT_NAME: Final = 64
 _NULL: Final = msgspec.Raw(b"null")
 
 
+# What is sent: a payload to encode, or JSON as it is (an event another node sent on).
+Payload = msgspec.Struct | msgspec.Raw
+
+
 class Transport(Protocol):
     """Delivers events to sessions, by session id."""
 
-    def send(self, socket_id: str, event: str, payload: msgspec.Struct) -> bool:
+    def send(self, socket_id: str, event: str, payload: Payload) -> bool:
         """Emit ``event`` to session ``socket_id``; False if it is not connected (nothing sent)."""
         ...
 
@@ -126,13 +130,28 @@ class Shared(Protocol):
         """A token from the shared bucket ``key``; False if it is empty."""
         ...
 
-    def end_grace_at(self, socket_id: str, deliver_to: str | None) -> None:
+    def end_grace_at(self, socket_id: str, deliver_to: str | None,
+                     then: Sequence[Sent]) -> None:
         """Tell the node that holds the grace of ``socket_id`` to end it (see :meth:`Signalling._end_grace`)."""
         ...
 
     def later(self, fn: Callable[..., Awaitable[object]], *args: Any) -> None:
         """Run ``fn(*args)`` once the store answers again."""
         ...
+
+    def own(self, socket_id: str) -> bool:
+        """Whether session ``socket_id`` was opened on this node (not one of a dead node it claimed)."""
+        ...
+
+    async def relay(self, user_id: str, socket_id: str, target: str, event: CallEvent, name: str,
+                    relay: OfferRelay | AnswerRelay | CandidateRelay) -> Call:
+        """:meth:`Registry.relay`, which also sends ``relay`` (lacking the call's id, and type if the
+        sender gave none) as event ``name`` to the target's sessions on other nodes."""
+        ...
+
+
+_Relay = OfferRelay | AnswerRelay | CandidateRelay
+Sent = tuple[str, str, "Payload"]  # (session id, event, payload)
 
 
 class Session:
@@ -158,7 +177,7 @@ class _Grace:
         self.socket_id = socket_id
         self.scope = scope
         self.since = since
-        self.queue: list[tuple[str, msgspec.Struct]] = []
+        self.queue: list[tuple[str, Payload]] = []
         self.nbytes = 0
 
 
@@ -353,19 +372,19 @@ class Signalling:
             return  # it came back, or left, meanwhile
         await self._grace_over(user_id, socket_id)
 
-    def deliver(self, socket_id: str, event: str, payload: msgspec.Struct | msgspec.Raw) -> None:
+    def deliver(self, socket_id: str, event: str, payload: Payload) -> None:
         """An event from another node for a session of this one (a relay may find its grace full:
         it is dropped, and logged, since its sender had its ack already)."""
         if socket_id in self.graces:
-            if not self._send(socket_id, event, payload, bounded=True):  # type: ignore[arg-type]
+            if not self._send(socket_id, event, payload, bounded=True):
                 log.warning("relay dropped: the away user's queue is full",
                             extra={"fields": {"socket": socket_id, "event": event}})
         else:
-            self.transport.send(socket_id, event, payload)  # type: ignore[arg-type]
+            self.transport.send(socket_id, event, payload)
 
     # -- telling the parties ----------------------------------------------------------------------
 
-    def _send(self, socket_id: str, event: str, payload: msgspec.Struct, *, bounded: bool = False) -> bool:
+    def _send(self, socket_id: str, event: str, payload: Payload, *, bounded: bool = False) -> bool:
         """Send to a party: queued while its device is away. ``bounded`` (a relay from the peer):
         False past the grace's bounds; the server's own events (a few per call) always wait."""
         grace = self.graces.get(socket_id)
@@ -465,17 +484,28 @@ class Signalling:
         self._tell(call.sockets_of(peer), "call:reconnecting", CallReconnecting(call.id, user_id))
         return True
 
-    def _end_grace(self, socket_id: str, deliver_to: str | None) -> _Grace | None:
+    def _end_grace(self, socket_id: str, deliver_to: str | None, then: Sequence[Sent] = ()) -> _Grace | None:
         """The grace of the user away on ``socket_id`` ends: its timer stops, and what waited goes to
-        ``deliver_to`` (its new session), else to the session it left (which may be recovered)."""
-        grace = self.graces.pop(socket_id, None)
-        if grace is None:
-            if self.shared is not None and not self.shared.here(socket_id):
-                self.shared.end_grace_at(socket_id, deliver_to)
+        ``deliver_to`` (its new session), else to the session it left (which may be recovered); then
+        the events ``then`` (``(session id, event, payload)``), grace or not.
+
+        With several nodes, the grace of another node's session is ended there, through its inbox;
+        so is one this node holds for a dead node's session (it reads that inbox): the end then comes
+        after what was sent to that session before it."""
+        if self.shared is not None and not self.shared.own(socket_id):
+            self.shared.end_grace_at(socket_id, deliver_to, then)
             return None
-        grace.scope.cancel()
-        for event, payload in grace.queue:
-            self.transport.send(deliver_to or socket_id, event, payload)
+        return self.end_grace_here(socket_id, deliver_to, then)
+
+    def end_grace_here(self, socket_id: str, deliver_to: str | None, then: Sequence[Sent] = ()) -> _Grace | None:
+        """:meth:`_end_grace` for a grace this node holds (None: it holds none for ``socket_id``)."""
+        grace = self.graces.pop(socket_id, None)
+        if grace is not None:
+            grace.scope.cancel()
+            for event, payload in grace.queue:
+                self.transport.send(deliver_to or socket_id, event, payload)
+        for to, event, payload in then:
+            self._send(to, event, payload)
         return grace
 
     async def _wait_grace(self, grace: _Grace) -> None:
@@ -499,12 +529,13 @@ class Signalling:
         """A device is back on ``back.socket_id``: what waited goes out, then both parties hear that
         the call goes on."""
         user = back.user
-        grace = self._end_grace(back.previous_socket, back.socket_id)
+        call = back.call
+        then: list[Sent] = []
+        if call is not None:
+            then = [(s, "call:reconnected", CallReconnected(call.id, user.id)) for s in call.parties]
+        grace = self._end_grace(back.previous_socket, back.socket_id, then)
         if grace is not None:
             self.observe.returned(user.id, trio.current_time() - grace.since)
-        call = back.call
-        if call is not None:
-            self._tell(call.parties, "call:reconnected", CallReconnected(call.id, user.id))
 
     def _resume_token(self) -> str | None:
         return secrets.token_urlsafe(16) if self.settings().reconnect_grace > 0 else None
@@ -633,31 +664,44 @@ class Signalling:
         user_id = self._user(session)
         request = _payload(args, Offer)
         _bounded(request.offer, self.settings().max_sdp_bytes, "offer", nullable=False)
-        call = await self.registry.relay(user_id, session.socket_id, request.to, CallEvent.OFFER)
-        call_type = call.call_type if request.callType is None else request.callType
-        relay = OfferRelay(request.offer, user_id, call_type, call.id)
-        self._relay(call.sockets_of(request.to), "call:offer", relay)
+        call_type = msgspec.UNSET if request.callType is None else request.callType
+        call = await self._relay(session, request.to, CallEvent.OFFER, "call:offer",
+                                 OfferRelay(request.offer, user_id, call_type, msgspec.UNSET))  # type: ignore[arg-type]
         return AckOk(True, callId=call.id)
 
     async def _answer(self, session: Session, args: Sequence[object]) -> AckOk:
         user_id = self._user(session)
         request = _payload(args, Answer)
         _bounded(request.answer, self.settings().max_sdp_bytes, "answer", nullable=False)
-        call = await self.registry.relay(user_id, session.socket_id, request.to, CallEvent.ANSWER)
-        self._relay(call.sockets_of(request.to), "call:answer", AnswerRelay(request.answer, user_id, call.id))
+        call = await self._relay(session, request.to, CallEvent.ANSWER, "call:answer",
+                                 AnswerRelay(request.answer, user_id, msgspec.UNSET))  # type: ignore[arg-type]
         return AckOk(True, callId=call.id)
-
-    def _relay(self, sockets: tuple[str, ...], event: str, payload: msgspec.Struct) -> None:
-        """To the other party (every device it rings, until one answers)."""
-        for socket_id in sockets:
-            if not self._send(socket_id, event, payload, bounded=True) and socket_id in self.graces:
-                raise SignallingError(ErrorCode.PEER_QUEUE_FULL)
 
     async def _candidate(self, session: Session, args: Sequence[object]) -> AckOk:
         user_id = self._user(session)
         request = _payload(args, Candidate)
         _bounded(request.candidate, self.settings().max_candidate_bytes, "candidate", nullable=True)
-        call = await self.registry.relay(user_id, session.socket_id, request.to, CallEvent.CANDIDATE)
-        relay = CandidateRelay(request.candidate, user_id, call.id)
-        self._relay(call.sockets_of(request.to), "ice:candidate", relay)
+        call = await self._relay(session, request.to, CallEvent.CANDIDATE, "ice:candidate",
+                                 CandidateRelay(request.candidate, user_id, msgspec.UNSET))  # type: ignore[arg-type]
         return AckOk(True, callId=call.id)
+
+    async def _relay(self, session: Session, target: str, event: CallEvent, name: str, relay: _Relay) -> Call:
+        """May the session's user send ``target`` this relay? Then it goes to the other party (every
+        device it rings, until one answers). ``relay`` lacks what the call says (its id, and the call
+        type when the sender gave none). With several nodes, the registry's step itself sends it to
+        the party's sessions on other nodes, and this node to its own."""
+        user_id = self._user(session)
+        if self.shared is None:
+            call = await self.registry.relay(user_id, session.socket_id, target, event)
+        else:
+            call = await self.shared.relay(user_id, session.socket_id, target, event, name, relay)
+        changes: dict[str, object] = {"callId": call.id}
+        if getattr(relay, "callType", None) is msgspec.UNSET:
+            changes["callType"] = call.call_type
+        payload = msgspec.structs.replace(relay, **changes)
+        for socket_id in call.sockets_of(target):
+            if self.shared is not None and not self.shared.own(socket_id):
+                continue  # the registry's step sent it there
+            if not self._send(socket_id, name, payload, bounded=True) and socket_id in self.graces:
+                raise SignallingError(ErrorCode.PEER_QUEUE_FULL)
+        return call
