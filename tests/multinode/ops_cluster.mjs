@@ -208,7 +208,8 @@ class User {
   // Nothing (else) arrived: after a quiet while, the queue is empty.
   async nothing(ms = QUIET) {
     await sleep(ms);
-    assert.equal(this.show(), "[]", `${this.name} received more than expected`);
+    const when = this.queue.map((e) => `${e.event} at ${Math.round(e.at)} ms`).join(", ");
+    assert.equal(this.show(), "[]", `${this.name} received more than expected (${when})`);
   }
 
   // Nothing arrived so far (no waiting): for checks that follow an event which came after anything
@@ -436,6 +437,7 @@ const scenarios = {
 
     const { seconds: shutdownTimeout } = await control(`sigterm ${bobNode}`);
     const term = now();
+    console.log(`SIGTERM to ${bobNode} at ${Math.round(term)} ms`);
     // bob's connection closes without a Socket.IO DISCONNECT: his client reconnects by itself.
     const gone = await bob.nextEntry("#disconnect");
     assert.equal(gone.payload, "transport close");
@@ -467,6 +469,7 @@ const scenarios = {
     for (const e of [bobBack, aliceBack]) assert.deepEqual(e.payload, { callId, userId: "bob" });
     assert.ok(away.at < aliceBack.at);
     await relaysFlow(alice, bob, callId, 43200);
+    for (const u of [alice, bob]) await u.nothing(); // told once that bob is back
 
     // The drained node exits 0 within --shutdown-timeout.
     const exit = await control(`exited ${bobNode}`);
