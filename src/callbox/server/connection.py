@@ -21,7 +21,6 @@ from .http import StaticFiles
 from .routing import (
     BAD_REQUEST,
     FORBIDDEN,
-    UNKNOWN_SID,
     HTTPError,
     cors_headers,
     error_body,
@@ -170,7 +169,7 @@ class Connection:
                 return await polling.open_polling(server, self, cors)
             sock = server.sessions.get(target.sid or "")
             if sock is None:
-                raise HTTPError(400, UNKNOWN_SID)
+                raise server.unknown_session(target.sid or "", self.address)
             if kind == "poll":
                 return await polling.poll(self, sock, cors)
             return await polling.post(server, self, request, sock, cors)

@@ -31,6 +31,7 @@ from ..metrics import Counter, Gauge, Registry
 from .admission import REFUSALS, Admission
 from .connection import handle_connection
 from .http import ProxyTrust, StaticFiles
+from .routing import UNKNOWN_SID, HTTPError
 from .session import EngineSocket, run_session
 
 __all__ = ["EngineApp", "EngineSocket", "EngineServer"]
@@ -92,6 +93,14 @@ class EngineServer:
         self.metrics.add(Gauge(
             "callbox_tcp_connections", "Open TCP connections.", fn=lambda: {(): float(self.admission.connections)}
         ))
+
+    def unknown_session(self, sid: str, address: str) -> HTTPError:
+        """A request for a session this server does not have: the 400 it gets, and a log line that
+        says why that happens (an ended session, or, behind a load balancer, another node's)."""
+        log.info("unknown session id: it ended, or the request reached another node than the one "
+                 "that opened it (long-polling behind a load balancer needs sticky sessions)",
+                 extra={"fields": {"sid": sid[:40], "remote": address}})
+        return HTTPError(400, UNKNOWN_SID)
 
     def unready(self) -> str | None:
         """Why this server should not get new clients now (/readyz's 503), or None."""

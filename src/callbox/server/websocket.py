@@ -17,7 +17,7 @@ import h11
 import trio
 
 from ..engineio import CloseReason, EngineIOProtocolError, SessionState
-from .routing import UNKNOWN_SID, HTTPError, websocket_key
+from .routing import websocket_key
 from .session import EngineSocket, apply, batched_writes, flush_websocket, tick
 from .wsframe import (
     BINARY,
@@ -53,7 +53,7 @@ async def open_websocket(
     if sid is not None:
         sock = server.sessions.get(sid)
         if sock is None:
-            raise HTTPError(400, UNKNOWN_SID)
+            raise server.unknown_session(sid, conn.address)
     else:
         server.admission.admit_session(conn.address, trio.current_time())
     await conn.drain_body(0)

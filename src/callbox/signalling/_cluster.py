@@ -217,6 +217,7 @@ class Cluster:
         self.claim_own = bool(config.node_id)  # a name given may be the one of a node that died
         self.signalling: Signalling | None = None
         self.up = False  # Redis answered the last heartbeat
+        self._beat_failed = False
         self.claimed: set[str] = set()  # dead nodes whose sessions this one answers for
         self.inboxes: dict[str, str] = {}  # inbox key -> the last id read
         self._outbox: list[tuple[str, str, str, str, bytes]] = []  # (node, socket, kind, event, payload)
@@ -319,8 +320,10 @@ class Cluster:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The node's tasks, until cancelled: heartbeats and claims, the inbox reader, the writer,
-        the deadlines. Started once Redis has answered a first heartbeat (or it keeps trying)."""
+        the deadlines. Started at once: until Redis answers a first heartbeat, the node is not ready
+        (and its requests are refused ``UNAVAILABLE``), but it serves /healthz and /readyz."""
         assert self.signalling is not None
+        task_status.started()
         while not await self._beat(first=True):  # noqa: ASYNC110 (Redis is polled: nothing to wait on)
             await trio.sleep(RETRY)
         async with trio.open_nursery() as nursery:
@@ -328,7 +331,6 @@ class Cluster:
             nursery.start_soon(self._read)
             nursery.start_soon(self._write)
             nursery.start_soon(self._ticks)
-            task_status.started()
 
     async def _beat(self, *, first: bool = False) -> bool:
         timeout_ms = int(self.node_timeout * 1000)
@@ -337,8 +339,12 @@ class Cluster:
             reply = await self._script("beat", self.node_id, timeout_ms, "1" if first and self.claim_own else "0",
                                        read, INBOX_MAXLEN)
         except RegistryUnavailable as exc:
-            log.warning("heartbeat failed", extra={"fields": {"error": str(exc)}})
+            if not self._beat_failed:  # once per outage, not once per try
+                self._beat_failed = True
+                log.warning("heartbeat failed: this node is not ready until Redis answers",
+                            extra={"fields": {"error": str(exc)}})
             return False
+        self._beat_failed = False
         if not self.up:
             self.up = True
             log.info("redis available", extra={"fields": {"node": self.node_id}})
