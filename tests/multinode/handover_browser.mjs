@@ -343,9 +343,30 @@ async function callAsBefore(users, timeout) {
     && window.demo.pc?.connectionState === "connected", null, timeout)));
 }
 
+// Poll `node`'s /metrics until callbox_cluster_nodes is `want` (within `ms`).
+async function clusterNodes(node, want, ms) {
+  const deadline = Date.now() + ms;
+  let last = null;
+  for (;;) {
+    try {
+      const body = await (await fetch(`${node.url}/metrics`, { signal: AbortSignal.timeout(2000) })).text();
+      const line = body.split("\n").find((l) => l.startsWith("callbox_cluster_nodes "));
+      last = line === undefined ? undefined : Number(line.split(" ")[1]);
+    } catch (err) {
+      last = String(err);
+    }
+    if (last === want) return;
+    check(Date.now() < deadline, `${node.id}: callbox_cluster_nodes is ${last}, not ${want}, after ${ms} ms`);
+    await sleep(50);
+  }
+}
+
 const nodeOf = (socketId) => socketId.slice(0, socketId.indexOf("."));
 
 // -- the scenario ---------------------------------------------------------------------------------
+
+// What each page was told about the call since the SIGTERM.
+const told = ["call:reconnecting", "call:reconnected", "call:ended"];
 
 async function handover(ctx) {
   const [n1, n2] = ctx.nodes;
@@ -386,7 +407,6 @@ async function handover(ctx) {
   }
   const events = {};
   // what each page was told about the call since the SIGTERM
-  const told = ["call:reconnecting", "call:reconnected", "call:ended"];
   for (const u of [a, b]) events[u.name] = (await u.events()).map((e) => e.event).filter((e) => told.includes(e));
   check(JSON.stringify(events.alice) === JSON.stringify(["call:reconnecting", "call:reconnected"]),
     `alice's call events: ${JSON.stringify(events.alice)}`);
@@ -411,6 +431,17 @@ async function handover(ctx) {
   check(exit.code === 0, `n2 exited ${JSON.stringify(exit)}`);
   check(exitSeconds <= SHUTDOWN_TIMEOUT, `n2 took ${exitSeconds} s to exit (> --shutdown-timeout ${SHUTDOWN_TIMEOUT})`);
   step("n2 exited 0", { seconds: exitSeconds });
+
+  // Once n2 is gone from the cluster (claimed by n1), the call goes on: nobody was told bob is away
+  // again or that the call ended. (That each party is told exactly once that bob is back is
+  // test_handover.py's Node scenario's to check.)
+  await clusterNodes(n1, 1, 8000);
+  for (const u of [a, b]) {
+    const later = (await u.events()).map((e) => e.event).filter((e) => told.includes(e));
+    check(later.filter((e) => e === "call:reconnecting").length === events[u.name].filter((e) => e === "call:reconnecting").length
+      && !later.includes("call:ended"), `${u.name}, after n2 left the cluster: ${JSON.stringify(later)}`);
+  }
+  await callAsBefore([a, b], STEP_TIMEOUT);
 
   // Signalling works: alice hangs up, bob is told.
   await a.page.click("#hangup");
