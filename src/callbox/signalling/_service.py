@@ -20,7 +20,9 @@ task started through the transport (the server's nursery) that holds one cancel 
 
 With several nodes (a :class:`Shared`, :mod:`._cluster`) the deadlines live in the shared store
 instead, in its time: a ring deadline or a grace's end is fired by whichever node finds it due
-(:meth:`deadline_passed`), so it survives the node that set it. A grace's queue stays on the node
+(:meth:`deadline_passed`), so it survives the node that set it. Each is set before the step that
+makes what it guards (a deadline that finds nothing to end does nothing), so that a store failing
+between the two never leaves a call ringing, or a user away, for ever. A grace's queue stays on the node
 of the lost session (or the node that claimed it); another node ends it there through the
 :class:`Shared` (:meth:`Shared.end_grace_at`).
 """
@@ -308,9 +310,13 @@ class Signalling:
         grace = self.settings().reconnect_grace
         if lost and grace > 0:
             was_away = user.device(socket_id).away  # type: ignore[union-attr]
+            if self.shared is not None and not was_away:
+                # Before the step that makes it away: an away device always has its deadline (one
+                # that finds it back, or gone, does nothing).
+                await self.shared.deadline("grace", msgspec.json.encode([user_id, socket_id]).decode(), grace)
             call = await self.registry.detach(user_id, socket_id)
             if call is not None and (socket_id in self.graces
-                                     or await self._start_grace(user_id, socket_id, grace, call, was_away)):
+                                     or self._start_grace(user_id, socket_id, grace, call, was_away)):
                 return
         ended = await self.registry.leave(user_id, socket_id)
         self._end_grace(socket_id, None)
@@ -438,10 +444,7 @@ class Signalling:
 
     # -- ring timers ------------------------------------------------------------------------------
 
-    async def _start_timer(self, call_id: str, seconds: float) -> None:
-        if self.shared is not None:
-            await self.shared.deadline("ring", call_id, seconds)
-            return
+    def _start_timer(self, call_id: str, seconds: float) -> None:
         scope = trio.CancelScope(deadline=trio.current_time() + seconds)
         self.timers[call_id] = scope
         self.transport.start_soon(self._ring, call_id, scope)
@@ -463,15 +466,13 @@ class Signalling:
 
     # -- reconnect graces -------------------------------------------------------------------------
 
-    async def _start_grace(self, user_id: str, socket_id: str, seconds: float, call: Call, was_away: bool) -> bool:
+    def _start_grace(self, user_id: str, socket_id: str, seconds: float, call: Call, was_away: bool) -> bool:
         """False if the server is closing (nothing may start): the user leaves instead. ``was_away``:
-        a grace ran for it on another node already (this one claimed that node): it goes on."""
+        a grace ran for it on another node already (this one claimed that node): it goes on.
+        With several nodes, its deadline is shared, set already (see :meth:`_closed`)."""
         now = trio.current_time()
         grace = _Grace(user_id, socket_id, trio.CancelScope(deadline=now + seconds), now)
-        if self.shared is not None:
-            if not was_away:
-                await self.shared.deadline("grace", msgspec.json.encode([user_id, socket_id]).decode(), seconds)
-        else:
+        if self.shared is None:
             try:
                 self.transport.start_soon(self._wait_grace, grace)
             except RuntimeError:
@@ -628,15 +629,20 @@ class Signalling:
                 else await self.shared.take("initiate:" + user_id, config.initiate_burst, rate)):
             raise SignallingError(ErrorCode.RATE_LIMITED)
         request = _payload(args, Initiate)
-        call = await self.registry.initiate(user_id, session.socket_id, request.to, request.callType, new_call_id())
+        call_id = new_call_id()
+        if self.shared is not None:
+            # Before the step that makes the call: it never rings without its deadline (one that
+            # finds no call, or one answered, does nothing).
+            await self.shared.deadline("ring", call_id, config.ring_timeout)
+        call = await self.registry.initiate(user_id, session.socket_id, request.to, request.callType, call_id)
         if isinstance(call, Accepted):  # glare: the callee's own call rang here; this answers it
             self._answered(call, user_id, merged=True)
             return AckOk(True, callId=call.call.id, merged=True)
         self.observe.call_started(call)
         self._tell(call.ringing, "call:incoming", CallIncoming(user_id, call.call_type, call.id))
         self.transport.send(session.socket_id, "call:initiated", CallInitiated(call.id, call.callee))
-        if await self.registry.ring(call.id) is not None:
-            await self._start_timer(call.id, config.ring_timeout)
+        if await self.registry.ring(call.id) is not None and self.shared is None:
+            self._start_timer(call.id, config.ring_timeout)
         return AckOk(True, callId=call.id)
 
     async def _accept(self, session: Session, args: Sequence[object]) -> AckOk:
