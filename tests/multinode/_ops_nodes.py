@@ -4,8 +4,8 @@ as real processes on one Redis, and the Node script ``ops_cluster.mjs`` with its
 ``async with nodes(directory, redis_url, ["n1", "n2"], *flags) as cluster:`` starts one
 ``python -m callbox`` per id (``--node-id`` that id, port 0, loopback), all at once, and returns once
 each has printed its listening line (its port is read from it); each one's stdout and stderr go to
-``directory/<id>.out`` / ``.err`` (shown when something fails). Those still running at the end are
-killed.
+``directory/<id>.out`` / ``.err`` (shown when something fails); then until each one's ``/readyz``
+says 200 (Redis answered it). Those still running at the end are killed.
 
 ``await play(scenario, config, command)`` runs ``node ops_cluster.mjs scenario config`` and answers
 each "@@ COMMAND" line it prints with ``await command(COMMAND)`` ("ok [JSON]" or "fail WHY"); it must
@@ -29,6 +29,7 @@ from typing import Any, BinaryIO
 import trio
 
 from _interop import NODE
+from _proc import get
 
 SCRIPT = Path(__file__).resolve().parent / "ops_cluster.mjs"
 # How long a node may take to start (an import of callbox and coredis on a loaded 2-core machine).
@@ -85,6 +86,18 @@ class CallboxNode:
                 await trio.sleep(0.02)
         raise AssertionError(f"{self.node_id} printed no listening line in {NODE_START} s\n{self.logs()}")
 
+    async def ready(self) -> None:
+        """Wait for ``/readyz`` 200: a node listens at once and is ready once Redis answers (a load
+        balancer's health check waits for the same)."""
+        last: tuple[int, str] = (0, "")
+        with trio.move_on_after(NODE_START):
+            while True:
+                last = await trio.to_thread.run_sync(get, f"{self.url}/readyz")
+                if last[0] == 200:
+                    return
+                await trio.sleep(0.05)
+        raise AssertionError(f"{self.node_id}: /readyz {last} after {NODE_START} s\n{self.logs()}")
+
     def terminate(self) -> None:
         """SIGTERM: a drain (hand-over with Redis)."""
         self.terminated_at = time.monotonic()
@@ -119,6 +132,9 @@ async def nodes(directory: Path, redis_url: str, ids: list[str], *flags: str) ->
         async with trio.open_nursery() as nursery:
             for node in started.values():
                 nursery.start_soon(node.listening)
+        async with trio.open_nursery() as nursery:
+            for node in started.values():
+                nursery.start_soon(node.ready)
         yield started
     finally:
         with trio.CancelScope(shield=True):

@@ -114,6 +114,14 @@ async function startNode(id, redisUrl) {
     node.exited.then((e) => reject(new Error(`node ${id} exited (${JSON.stringify(e)}): ${seen}${node.output.join("")}`)));
   });
   node.port = Number(new URL(node.url).port);
+  // It listens at once and is ready once Redis answers.
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    const status = await fetch(`${node.url}/readyz`).then((r) => r.status, (e) => String(e));
+    if (status === 200) break;
+    check(Date.now() < deadline, `node ${id}: /readyz ${status}: ${node.output.join("")}`);
+    await sleep(50);
+  }
   step(`node ${id} started`, { url: node.url });
   return node;
 }
