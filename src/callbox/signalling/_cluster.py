@@ -84,38 +84,42 @@ OUTBOX_LIMIT: Final = 100_000
 # Round trips take well under a millisecond on a LAN; seconds mean trouble.
 RTT_BUCKETS: Final = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.05, 0.1, 0.5, 1)
 
-# One script appends a batch of inbox entries: ARGV = prefix, maxlen, then (node, socket, kind,
-# event, payload) for each entry, in order.
-_FORWARD = """
-local P, maxlen = ARGV[1], ARGV[2]
-for i = 3, #ARGV, 5 do
+# Every script here begins with _NOW: ARGV[1] is the key prefix, ARGV[2] the Redis time (ms) past
+# which the step is not to be done ("": always do it): the node gave up waiting for it by then and
+# treated it as failed (a frozen Redis runs what it had buffered once it thaws).
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if ARGV[2] ~= '' and now > tonumber(ARGV[2]) then return 'late' end
+"""
+
+# One script appends a batch of inbox entries: ARGV[3] = maxlen, then (node, socket, kind, event,
+# payload) for each entry, in order.
+_FORWARD = _NOW + """
+local P, maxlen = ARGV[1], ARGV[3]
+for i = 4, #ARGV, 5 do
   redis.call('XADD', P .. 'inbox:' .. ARGV[i], 'NOMKSTREAM', 'MAXLEN', '~', maxlen, '*',
              's', ARGV[i + 1], 'k', ARGV[i + 2], 'e', ARGV[i + 3], 'p', ARGV[i + 4])
 end
 return #ARGV
 """
 
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
-# A deadline: ARGV = prefix, member, milliseconds from now. A member set again moves.
+# A deadline: ARGV[3] = member, ARGV[4] = milliseconds from now. A member set again moves.
 _DEADLINE = _NOW + """
-redis.call('ZADD', ARGV[1] .. 'deadlines', now + tonumber(ARGV[3]), ARGV[2])
+redis.call('ZADD', ARGV[1] .. 'deadlines', now + tonumber(ARGV[4]), ARGV[3])
 return now
 """
 
 # Pop what is due (at most a batch): each member once, to whichever node asks first.
 _DUE = _NOW + """
-local due = redis.call('ZRANGEBYSCORE', ARGV[1] .. 'deadlines', '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local due = redis.call('ZRANGEBYSCORE', ARGV[1] .. 'deadlines', '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
 if #due > 0 then redis.call('ZREM', ARGV[1] .. 'deadlines', unpack(due)) end
 return due
 """
 
-# A token bucket: ARGV = prefix, key, burst, tokens per millisecond. 1: taken, 0: empty.
+# A token bucket: ARGV[3] = key, ARGV[4] = burst, ARGV[5] = tokens per millisecond. 1: taken, 0: empty.
 _TAKE = _NOW + """
-local key, burst, rate = ARGV[1] .. 'bucket:' .. ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local key, burst, rate = ARGV[1] .. 'bucket:' .. ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local kept = redis.call('HMGET', key, 'tokens', 'at')
 local tokens, at = tonumber(kept[1]) or burst, tonumber(kept[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
@@ -126,13 +130,13 @@ redis.call('PEXPIRE', key, math.ceil(burst / rate) + 1000)
 return taken
 """
 
-# A heartbeat: ARGV = prefix, node id, node timeout (ms), "1" to claim the node's own id (a node
+# A heartbeat: ARGV[3..7] = node id, node timeout (ms), "1" to claim the node's own id (a node
 # that starts under the name of one that was not claimed), the last id the node read from its inbox
-# ("" at its first beat, which makes its inbox). Scores the node; claims at most one silent node.
+# ("" at its first beat, which makes its inbox), the inbox's length. Scores the node; claims at most one silent node.
 # Returns {now, nodes alive} or {now, nodes alive, claimed node, where it had read its inbox to,
 # {user id, session id, ...}}.
 _BEAT = _NOW + """
-local P, me, timeout, own, read = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4] == '1', ARGV[5]
+local P, me, timeout, own, read = ARGV[1], ARGV[3], tonumber(ARGV[4]), ARGV[5] == '1', ARGV[6]
 redis.call('ZADD', P .. 'nodes', now, me)
 local claimed = nil
 if own then
@@ -168,16 +172,18 @@ if claimed ~= nil then
   reply = {now, alive, claimed, was_read, sessions}
 end
 if read == '' then
-  redis.call('XADD', P .. 'inbox:' .. me, 'MAXLEN', '~', ARGV[6], '*', 'k', 'h')  -- the inbox exists
+  redis.call('XADD', P .. 'inbox:' .. me, 'MAXLEN', '~', ARGV[7], '*', 'k', 'h')  -- the inbox exists
   if own then read = reply[4] else read = now .. '-0' end
 end
 redis.call('SET', P .. 'read:' .. me, read)
 return reply
 """
 
-# Leaving: scored as long dead, so that another node claims what is left at once.
-_LEAVE = """
-redis.call('ZADD', ARGV[1] .. 'nodes', 0, ARGV[2])
+# Leaving: scored as long dead, so that another node claims what is left at once; ARGV[3] = node id,
+# ARGV[4] = the last id it read from its inbox (what the claimer reads after).
+_LEAVE = _NOW + """
+redis.call('ZADD', ARGV[1] .. 'nodes', 0, ARGV[3])
+redis.call('SET', ARGV[1] .. 'read:' .. ARGV[3], ARGV[4])
 return 1
 """
 
@@ -313,10 +319,16 @@ class Cluster:
             self.up = False
             log.error("redis unavailable: requests are refused (UNAVAILABLE) until it is back")
 
-    async def _script(self, name: str, *args: object) -> Any:
-        return await self.registry._redis(self._scripts[name](
-            keys=[self.registry.prefix + "clock"], args=[self.registry.prefix, *args]  # type: ignore[list-item]
+    async def _script(self, name: str, *args: object, guarded: bool = True) -> Any:
+        """Run one of this module's scripts (``guarded``: not done if Redis runs it past our deadline)."""
+        late_after = self.registry.late_after() if guarded else ""
+        reply = await self.registry._redis(self._scripts[name](
+            keys=[self.registry.prefix + "clock"],
+            args=[self.registry.prefix, late_after, *args],  # type: ignore[list-item]
         ))
+        if reply == b"late":
+            raise RegistryUnavailable("Redis ran the step past its deadline: not done")
+        return reply
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The node's tasks, until cancelled: heartbeats and claims, the inbox reader, the writer,
@@ -336,8 +348,10 @@ class Cluster:
         timeout_ms = int(self.node_timeout * 1000)
         read = "" if first else self.inboxes[self._inbox(self.node_id)]
         try:
+            sent = time.time()
             reply = await self._script("beat", self.node_id, timeout_ms, "1" if first and self.claim_own else "0",
-                                       read, INBOX_MAXLEN)
+                                       read, INBOX_MAXLEN, guarded=False)
+            self.registry.offset_ms = int(reply[0]) - (sent + time.time()) * 500  # Redis's clock - ours
         except RegistryUnavailable as exc:
             if not self._beat_failed:  # once per outage, not once per try
                 self._beat_failed = True
@@ -417,17 +431,16 @@ class Cluster:
             await self.signalling.transport.disconnect(socket_id)
 
     async def _write(self) -> None:
-        prefix = self.registry.prefix
         while True:
             await self._outbox_ready.wait()
             self._outbox_ready = trio.Event()
             while self._outbox:
                 batch = self._outbox[:BATCH]
-                args: list[str | bytes | int] = [prefix, INBOX_MAXLEN]
+                args: list[str | bytes | int] = [INBOX_MAXLEN]
                 for entry in batch:
                     args.extend(entry)
                 try:
-                    await self.registry._redis(self._scripts["forward"](keys=[prefix + "clock"], args=args))
+                    await self._script("forward", *args)
                 except RegistryUnavailable:
                     await trio.sleep(RETRY)
                     continue
@@ -460,7 +473,7 @@ class Cluster:
         """This node stops: what it still holds is claimed by another one at once."""
         with trio.move_on_after(self.registry.timeout):
             with contextlib.suppress(RegistryUnavailable):
-                await self._script("leave", self.node_id)
+                await self._script("leave", self.node_id, self.inboxes[self._inbox(self.node_id)])
 
 
 class ClusterTransport:
@@ -490,8 +503,10 @@ class ClusterTransport:
 async def open_cluster(config: Config, metrics: MetricsRegistry) -> AsyncIterator[Cluster]:
     """This node on ``config.redis_url`` for the length of the block: its registry and its reader."""
     node_id = config.node_id or secrets.token_hex(4)
-    # coredis tells at INFO of each script it loads again after a NOSCRIPT: routine, not news.
-    logging.getLogger("coredis").setLevel(max(logging.WARNING, logging.getLogger("coredis").getEffectiveLevel()))
+    # coredis tells at INFO of each script it loads again after a NOSCRIPT (routine, not news), and at
+    # ERROR, with a traceback, of each connection attempt that fails while Redis is away: this
+    # module says that once per outage (callbox.cluster), with the error.
+    logging.getLogger("coredis").setLevel(logging.CRITICAL)
     timeout = config.redis_timeout
     registry_client: coredis.Redis[bytes] = coredis.Redis.from_url(
         config.redis_url, connect_timeout=timeout, stream_timeout=timeout)

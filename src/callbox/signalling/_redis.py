@@ -52,6 +52,7 @@ script is applied whole or not at all.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Final, TypeVar
 
@@ -104,9 +105,15 @@ _TABLES_JSON: Final = msgspec.json.encode(state_tables()).decode()
 assert "]==]" not in _TABLES_JSON  # it sits in a Lua long string below
 
 # The helpers every script shares: the memory registry's private methods, over Lua tables.
-# ARGV[1] is the key prefix ("{callbox}:"), ARGV[2] the method's arguments as a JSON array.
+# ARGV[1] is the key prefix ("{callbox}:"), ARGV[2] the method's arguments as a JSON array, ARGV[4]
+# the Redis time (ms) past which the step is not to be done ("": always): the caller gave up waiting
+# by then and refused the request it served (a frozen Redis runs what it had buffered once it thaws).
 _PRELUDE = """
 local P = ARGV[1]
+if ARGV[4] ~= '' then
+  local t = redis.call('TIME')
+  if tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) > tonumber(ARGV[4]) then return {'late'} end
+end
 local A = cjson.decode(ARGV[2])
 local NULL = cjson.null
 local T = cjson.decode([==[""" + _TABLES_JSON + """]==])
@@ -613,6 +620,15 @@ class RedisRegistry:
         self.prefix = "{" + prefix + "}:"
         self._scripts = {name: client.register_script(text) for name, text in SCRIPTS.items()}
         self.observe: Callable[[float, bool], None] = lambda seconds, ok: None
+        # Redis's clock minus ours, in ms, once known (a node's heartbeat measures it): each step
+        # then carries the Redis time past which it is not to be done (see _PRELUDE).
+        self.offset_ms: float | None = None
+
+    def late_after(self) -> str:
+        """The Redis time (ms) past which a step sent now is given up ("" while the offset is unknown)."""
+        if self.offset_ms is None:
+            return ""
+        return str(int(time.time() * 1000 + self.offset_ms + self.timeout * 1000))
 
     async def _redis(self, request: object, *, timed: bool = True) -> object:
         """One call to Redis under the deadline; its failures are :class:`RegistryUnavailable`.
@@ -640,9 +656,11 @@ class RedisRegistry:
     async def _run(self, name: str, result: type[T], *args: object, raw: bytes = b"") -> T:
         reply = await self._redis(self._scripts[name](
             keys=[self.prefix + "clock"],  # any key of the slot: what routes the script on a Cluster
-            args=[self.prefix, msgspec.json.encode(args), raw],
+            args=[self.prefix, msgspec.json.encode(args), raw, self.late_after()],
         ))
         assert isinstance(reply, list)
+        if reply[0] == b"late":
+            raise RegistryUnavailable("Redis ran the step past its deadline: not done")
         if reply[0] == b"err":
             code = ErrorCode(reply[1].decode())
             raise SignallingError(code, reply[2].decode() if len(reply) > 2 else None)
