@@ -435,6 +435,14 @@ class SocketIO:
                 return why
         return None
 
+    def close_connections(self, reason: CloseReason) -> None:
+        """Close the connection of every connected socket, without a Socket.IO goodbye: each client
+        sees its connection end for ``reason`` (and socket.io-client reconnects)."""
+        for ns in self.namespaces.values():
+            for sock in list(ns.sockets.values()):
+                if sock.connected:
+                    sock.client.esock.close(reason)
+
     async def shutdown(self, *, handover: bool = False) -> None:
         """Run the shutdown handlers (``handler(handover)``), then disconnect every socket (the client
         is told, and its disconnect handler gets "server shutting down").

@@ -65,6 +65,7 @@ def install(app: SocketIO, registry: Registry | None = None, cluster: Cluster | 
         transport = cluster.wrap(transport)
         app.socket_id_prefix = cluster.socket_id_prefix
         app.readiness_checks.append(cluster.unready)
+        cluster.on_claimed = lambda: app.close_connections(CloseReason.HANDOVER)
     signalling = Signalling(transport, registry, lambda: app.config, observer, cluster)
     if cluster is not None:
         cluster.signalling = signalling

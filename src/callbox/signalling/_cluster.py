@@ -132,16 +132,25 @@ return taken
 
 # A heartbeat: ARGV[3..7] = node id, node timeout (ms), "1" to claim the node's own id (a node
 # that starts under the name of one that was not claimed), the last id the node read from its inbox
-# ("" at its first beat, which makes its inbox), the inbox's length. Scores the node; claims at most one silent node.
-# Returns {now, nodes alive} or {now, nodes alive, claimed node, where it had read its inbox to,
-# {user id, session id, ...}}.
+# ("" at its first beat, which makes its inbox), the inbox's length. Scores the node; claims at most
+# one silent node. Returns {now, nodes alive, 1 if this node had been claimed} and, with a claim,
+# {..., claimed node, where it had read its inbox to, {user id, session id, ...}}.
+#
+# No node is claimed for a silence that was Redis's own: when no node at all beat for half a timeout
+# (Redis was down or frozen), claims wait until every node has had a whole timeout to beat again.
 _BEAT = _NOW + """
 local P, me, timeout, own, read = ARGV[1], ARGV[3], tonumber(ARGV[4]), ARGV[5] == '1', ARGV[6]
+local latest = redis.call('ZREVRANGE', P .. 'nodes', 0, 0, 'WITHSCORES')
+if #latest > 0 and now - tonumber(latest[2]) > timeout / 2 then
+  redis.call('SET', P .. 'claims-after', now + timeout)
+end
+local lost = 0
+if read ~= '' and not redis.call('ZSCORE', P .. 'nodes', me) then lost = 1 end
 redis.call('ZADD', P .. 'nodes', now, me)
 local claimed = nil
 if own then
   claimed = me
-else
+elseif now >= tonumber(redis.call('GET', P .. 'claims-after') or '0') then
   local silent = redis.call('ZRANGEBYSCORE', P .. 'nodes', '-inf', now - timeout, 'LIMIT', 0, 1)
   if #silent > 0 then
     claimed = silent[1]
@@ -149,7 +158,7 @@ else
   end
 end
 local alive = redis.call('ZCOUNT', P .. 'nodes', now - timeout, '+inf')
-local reply = {now, alive}
+local reply = {now, alive, lost}
 if claimed ~= nil then
   local sessions = {}
   local mark = claimed .. '.'
@@ -169,11 +178,11 @@ if claimed ~= nil then
     redis.call('DEL', P .. 'read:' .. claimed)
     redis.call('PEXPIRE', P .. 'inbox:' .. claimed, 3600000)  -- read by the claimer for its graces, then gone
   end
-  reply = {now, alive, claimed, was_read, sessions}
+  reply = {now, alive, lost, claimed, was_read, sessions}
 end
 if read == '' then
   redis.call('XADD', P .. 'inbox:' .. me, 'MAXLEN', '~', ARGV[7], '*', 'k', 'h')  -- the inbox exists
-  if own then read = reply[4] else read = now .. '-0' end
+  if own then read = reply[5] else read = now .. '-0' end
 end
 redis.call('SET', P .. 'read:' .. me, read)
 return reply
@@ -222,6 +231,7 @@ class Cluster:
         self.node_timeout = config.node_timeout
         self.claim_own = bool(config.node_id)  # a name given may be the one of a node that died
         self.signalling: Signalling | None = None
+        self.on_claimed: Callable[[], None] = lambda: None  # close every connection (see _beat)
         self.up = False  # Redis answered the last heartbeat
         self._beat_failed = False
         self.claimed: set[str] = set()  # dead nodes whose sessions this one answers for
@@ -364,10 +374,16 @@ class Cluster:
             log.info("redis available", extra={"fields": {"node": self.node_id}})
         self.nodes_alive = int(reply[1])
         if first:  # read from now on (a node that had this name: from where it had read to)
-            own = len(reply) > 2 and reply[2].decode() == self.node_id
-            self.inboxes[self._inbox(self.node_id)] = reply[3].decode() if own else f"{reply[0]}-0"
-        if len(reply) > 2:
-            await self._claim(reply[2].decode(), reply[3].decode(), [x.decode() for x in reply[4]])
+            own = len(reply) > 3 and reply[3].decode() == self.node_id
+            self.inboxes[self._inbox(self.node_id)] = reply[4].decode() if own else f"{reply[0]}-0"
+        if reply[2]:
+            # Another node took this one for dead (it could not reach Redis for a node timeout) and
+            # its users for lost: they are let go, to come back (resume) as from any lost connection.
+            log.error("this node was claimed by another one: its connections close so that their clients "
+                      "reconnect and take their sessions back", extra={"fields": {"node": self.node_id}})
+            self.on_claimed()
+        if len(reply) > 3:
+            await self._claim(reply[3].decode(), reply[4].decode(), [x.decode() for x in reply[5]])
         later, self._later = self._later, []
         for fn, args in later:
             await _guarded(fn, *args)
