@@ -134,7 +134,8 @@ return taken
 # that starts under the name of one that was not claimed), the last id the node read from its inbox
 # ("" at its first beat, which makes its inbox), the inbox's length. Scores the node; claims at most
 # one silent node. Returns {now, nodes alive, 1 if this node had been claimed} and, with a claim,
-# {..., claimed node, where it had read its inbox to, {user id, session id, ...}}.
+# {..., claimed node, where it had read its inbox to, its inbox's last id, {user id, session id,
+# "1" if away, ...}}.
 #
 # No node is claimed for a silence that was Redis's own: when no node at all beat for half a timeout
 # (Redis was down or frozen), claims wait until every node has had a whole timeout to beat again.
@@ -169,16 +170,18 @@ if claimed ~= nil then
         if string.sub(d.socket_id, 1, #mark) == mark then
           table.insert(sessions, id)
           table.insert(sessions, d.socket_id)
+          table.insert(sessions, d.away and '1' or '0')
         end
       end
     end
   end
   local was_read = redis.call('GET', P .. 'read:' .. claimed) or ('0-0')
+  local last = redis.call('XREVRANGE', P .. 'inbox:' .. claimed, '+', '-', 'COUNT', 1)
   if claimed ~= me then
     redis.call('DEL', P .. 'read:' .. claimed)
     redis.call('PEXPIRE', P .. 'inbox:' .. claimed, 3600000)  -- read by the claimer for its graces, then gone
   end
-  reply = {now, alive, lost, claimed, was_read, sessions}
+  reply = {now, alive, lost, claimed, was_read, #last > 0 and last[1][1] or was_read, sessions}
 end
 if read == '' then
   redis.call('XADD', P .. 'inbox:' .. me, 'MAXLEN', '~', ARGV[7], '*', 'k', 'h')  -- the inbox exists
@@ -213,6 +216,11 @@ async def _guarded(fn: Callable[..., Awaitable[object]], *args: Any, retry: Clus
 _THEN: Final = msgspec.json.Decoder(list[tuple[str, str, msgspec.Raw]])
 
 
+def _stream_id(text: str) -> tuple[int, int]:
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def node_of(socket_id: str) -> str | None:
     """The node whose session ``socket_id`` is (None: not a node's: one node serves everything)."""
     node, dot, _ = socket_id.partition(".")
@@ -241,6 +249,8 @@ class Cluster:
         self._empty = trio.Event()  # set while the outbox is empty
         self._empty.set()
         self._reading = trio.CancelScope()  # the inbox read under way
+        # Claimed inboxes read again up to an id: which of those entries are handled (see _claim).
+        self._replay: dict[str, tuple[tuple[int, int], set[str]]] = {}
         self._later: list[tuple[Callable[..., Awaitable[object]], tuple[Any, ...]]] = []
         self._scripts = {name: registry.client.register_script(text) for name, text in (
             ("forward", _FORWARD), ("deadline", _DEADLINE), ("due", _DUE), ("take", _TAKE),
@@ -383,7 +393,7 @@ class Cluster:
                       "reconnect and take their sessions back", extra={"fields": {"node": self.node_id}})
             self.on_claimed()
         if len(reply) > 3:
-            await self._claim(reply[3].decode(), reply[4].decode(), [x.decode() for x in reply[5]])
+            await self._claim(reply[3].decode(), reply[4].decode(), reply[5].decode(), [x.decode() for x in reply[6]])
         later, self._later = self._later, []
         for fn, args in later:
             await _guarded(fn, *args)
@@ -395,17 +405,25 @@ class Cluster:
             await trio.sleep(period)
             await self._beat()
 
-    async def _claim(self, node: str, was_read: str, sessions: list[str]) -> None:
-        """A dead node's sessions are this node's now: each was lost without a goodbye."""
+    async def _claim(self, node: str, was_read: str, last: str, sessions: list[str]) -> None:
+        """A dead node's sessions are this node's now: each was lost without a goodbye.
+
+        Its inbox is read again from where it had read to at its last beat, up to ``last``, for
+        what it may not have handled: the events for its sessions that were away (their queues died
+        with it) and the ends of graces; not the events for sessions that were connected (it had
+        sent them on already)."""
         assert self.signalling is not None
         if node != self.node_id or sessions:
             log.warning("node claimed", extra={"fields": {"node": node, "by": self.node_id,
-                                                           "sessions": len(sessions) // 2}})
+                                                           "sessions": len(sessions) // 3}})
+        inbox = self._inbox(node)
+        self._replay[inbox] = (_stream_id(last), {s for s, away in zip(sessions[1::3], sessions[2::3],
+                                                                       strict=True) if away == "1"})
         if node != self.node_id:
             self.claimed.add(node)
-            self.inboxes[self._inbox(node)] = was_read  # what it read since its last beat comes again
+            self.inboxes[inbox] = was_read
             self._reading.cancel()  # the read under way does not cover that inbox: a new one does
-        for user_id, socket_id in zip(sessions[::2], sessions[1::2], strict=True):
+        for user_id, socket_id in zip(sessions[::3], sessions[1::3], strict=True):
             session = Session(socket_id)
             session.user_id = user_id
             await _guarded(self.signalling.closed, session, True)
@@ -426,9 +444,17 @@ class Cluster:
                     await trio.sleep(RETRY)
                     continue
             for key, entries in (reply or {}).items():  # type: ignore[attr-defined]
+                inbox = key.decode()
+                replay = self._replay.get(inbox)
                 for entry in entries:
-                    self.inboxes[key.decode()] = entry.identifier.decode()
-                    await _guarded(self._apply, entry.identifier, entry.field_values)
+                    self.inboxes[inbox] = entry.identifier.decode()
+                    fields = entry.field_values
+                    if replay is not None:
+                        if _stream_id(entry.identifier.decode()) > replay[0]:
+                            replay = self._replay.pop(inbox, None)
+                        elif fields[b"k"] == b"m" and fields[b"s"].decode() not in replay[1]:
+                            continue  # handled by the dead node already (see _claim)
+                    await _guarded(self._apply, entry.identifier, fields)
 
     async def _apply(self, identifier: bytes, fields: dict[bytes, bytes]) -> None:
         assert self.signalling is not None
