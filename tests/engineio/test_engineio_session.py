@@ -239,11 +239,29 @@ def test_bad_packets_over_polling(body: bytes) -> None:
         make().receive_payload(body, T0)
 
 
-@pytest.mark.parametrize("text", ["0{}", "2", "2probe", "5", "", "7", "bAQI="])
+@pytest.mark.parametrize("text", ["0{}", "2", "2probe", "5", "", "7", "bAQ!"])
 def test_bad_packets_over_websocket(text: str) -> None:
     s = make(websocket=True)
     with pytest.raises(EngineIOProtocolError):
         s.receive_ws_text(text, T0)
+
+
+def test_base64_binary_is_taken_on_every_transport() -> None:
+    # engine.io-client's forceBase64 sends binary over WebSocket as a text frame b + base64.
+    assert make(websocket=True).receive_ws_text("bAQI=", T0) == (b"\x01\x02", None)
+    assert make().receive_payload(b"bAQI=\x1e4x", T0) == [b"\x01\x02", "x"]
+
+
+@pytest.mark.parametrize("websocket", [True, False])
+def test_a_base64_client_is_sent_binary_as_text(websocket: bool) -> None:
+    s = EngineSession("sid", websocket=websocket, now=T0, ping_interval=INTERVAL, ping_timeout=TIMEOUT,
+                      max_outbox_bytes=10_000, base64=True)
+    s.send(b"\x01\x02")
+    s.send("x")
+    assert s.take_output() == ["bAQI=", "4x"]  # each a WebSocket text frame, or a polling record
+    plain = make(websocket=True)
+    plain.send(b"\x01\x02")
+    assert plain.take_output() == [b"\x01\x02"]  # a binary frame
 
 
 def test_close_from_client_over_polling_releases_pending_get_with_noop() -> None:
@@ -302,6 +320,28 @@ def test_concurrent_poll_conflict() -> None:
     assert s.state is S.CLOSED
     with pytest.raises(EngineIOProtocolError):
         s.begin_poll(T0 + 2)
+
+
+def test_concurrent_post_conflict() -> None:
+    # Engine.IO v4: a POST while another is being handled is answered 400 and the session closes.
+    s = make()
+    s.begin_post(T0)
+    assert s.receive_payload(b"4hello", T0) == ["hello"]
+    with pytest.raises(PollConflict):
+        s.begin_post(T0 + 0.1)
+    assert not s.is_open and s.close_reason is CloseReason.TRANSPORT_ERROR
+    s.end_post()
+    with pytest.raises(EngineIOProtocolError):
+        s.begin_post(T0 + 0.2)  # later POSTs: 400, the session is over
+
+
+def test_posts_one_after_another_are_fine() -> None:
+    s = make()
+    for i in range(3):
+        s.begin_post(T0 + i)
+        assert s.receive_payload(b"4m", T0 + i) == ["m"]
+        s.end_post()
+    assert s.is_open
 
 
 def test_poll_conflict_unanswered_is_dropped_after_flush_timeout() -> None:

@@ -2,7 +2,9 @@
 
 A packet is one ASCII type digit followed by its data. Over WebSocket a text frame holds one
 packet and a binary frame is a MESSAGE with raw bytes. Over long-polling a payload joins packets
-with the record separator ``\\x1e``, and a binary message travels as ``b`` + base64.
+with the record separator ``\\x1e``, and a binary message travels as ``b`` + base64; so it does over
+WebSocket from a client that cannot send binary frames (engine.io-client's ``forceBase64``, which
+also asks, with ``b64=1``, to be sent binary that way).
 
 Nothing here does I/O; malformed input raises :class:`EngineIOProtocolError`.
 """
@@ -20,6 +22,7 @@ __all__ = [
     "decode_text_packet",
     "decode_payload",
     "encode_text_packet",
+    "encode_base64_message",
     "encode_payload",
 ]
 
@@ -47,9 +50,15 @@ _TYPES = {str(t.value): t for t in PacketType}
 
 
 def decode_text_packet(text: str) -> Packet:
-    """Decode one text packet (a WebSocket text frame or one record of a polling payload)."""
+    """Decode one text packet (a WebSocket text frame or one record of a polling payload); ``b`` +
+    base64 is a binary message."""
     if not text:
         raise EngineIOProtocolError("empty packet")
+    if text[0] == "b":
+        try:
+            return PacketType.MESSAGE, b64decode(text[1:], validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise EngineIOProtocolError("invalid base64 in binary packet") from exc
     ptype = _TYPES.get(text[0])
     if ptype is None:
         raise EngineIOProtocolError(f"unknown packet type {text[0]!r}")
@@ -66,24 +75,18 @@ def decode_payload(body: bytes) -> list[Packet]:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise EngineIOProtocolError("payload is not valid UTF-8") from exc
-    packets: list[Packet] = []
-    for record in text.split(RECORD_SEPARATOR):
-        if record[:1] == "b":
-            try:
-                data = b64decode(record[1:], validate=True)
-            except (binascii.Error, ValueError) as exc:
-                raise EngineIOProtocolError("invalid base64 in binary packet") from exc
-            packets.append((PacketType.MESSAGE, data))
-        else:
-            packets.append(decode_text_packet(record))
-    return packets
+    return [decode_text_packet(record) for record in text.split(RECORD_SEPARATOR)]
+
+
+def encode_base64_message(data: bytes) -> str:
+    """A binary message as text: ``b`` + base64."""
+    return "b" + b64encode(data).decode("ascii")
 
 
 def encode_polling_packet(packet: Packet) -> str:
     ptype, data = packet
     if isinstance(data, bytes):
-        # Only messages carry binary; a polling payload sends them base64-encoded after a 'b'.
-        return "b" + b64encode(data).decode("ascii")
+        return encode_base64_message(data)  # only messages carry binary
     return f"{ptype.value}{data}"
 
 

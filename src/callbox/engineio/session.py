@@ -47,6 +47,7 @@ from .packet import (
     PacketType,
     decode_payload,
     decode_text_packet,
+    encode_base64_message,
     encode_polling_packet,
 )
 
@@ -219,7 +220,8 @@ class TransportMismatch(EngineIOProtocolError):
 
 
 class PollConflict(Exception):
-    """A second GET arrived while one was pending: the session closes."""
+    """A second GET arrived while one was pending, or a second POST while one was being handled:
+    the session closes."""
 
 
 class EngineSession:
@@ -239,6 +241,8 @@ class EngineSession:
         "_effects",
         "_close_by",
         "_poll_pending",
+        "_post_pending",
+        "base64",
         "_noop_owed",
         "_upgrade_by",
         "event_rate",
@@ -258,8 +262,11 @@ class EngineSession:
         max_outbox_bytes: int,
         event_rate: float = math.inf,
         event_burst: int = 1 << 30,
+        base64: bool = False,
     ) -> None:
         self.sid = sid
+        # The client asked (b64=1) for binary messages as text, b + base64, on every transport.
+        self.base64 = base64
         self.state = _S.WEBSOCKET if websocket else _S.POLLING
         self.close_reason: CloseReason | None = None
         self.ping_interval = ping_interval
@@ -272,6 +279,7 @@ class EngineSession:
         self._effects: list[Effect] = []
         self._close_by: float | None = None
         self._poll_pending = False
+        self._post_pending = False
         self._noop_owed = False  # the first GET after the probe is answered at once with a noop
         self._upgrade_by: float | None = None
         # Rate limit: a token bucket of event_burst packets refilled at event_rate a second. A
@@ -406,7 +414,10 @@ class EngineSession:
         """
         if not self.is_open:
             return Sent.NOT_OPEN
-        item = data if isinstance(data, bytes) else "4" + data
+        if isinstance(data, bytes):
+            item: str | bytes = encode_base64_message(data) if self.base64 else data
+        else:
+            item = "4" + data
         size = _wire_size(item)
         if self._outbox_bytes + size > self.max_outbox_bytes and self._outbox:
             self.lost(CloseReason.OUTBOX_FULL)
@@ -462,6 +473,23 @@ class EngineSession:
             raise EngineIOProtocolError(f"unexpected {ptype.name} packet from client")
         return None
 
+    def begin_post(self, now: float) -> None:
+        """A POST arrived. One while another is being handled is a client bug (Engine.IO v4: the
+        server answers 400 and closes the session), as for GETs."""
+        if self.state not in (_S.POLLING, _S.PROBING, _S.PROBED):
+            raise TransportMismatch("POST on a session that is not polling")
+        if self._post_pending:
+            if self.is_open:
+                self._outbox.clear()
+                self._outbox_bytes = 0
+                self.close(CloseReason.TRANSPORT_ERROR, now)
+            raise PollConflict()
+        self._post_pending = True
+
+    def end_post(self) -> None:
+        """The POST begun with :meth:`begin_post` was answered (or failed)."""
+        self._post_pending = False
+
     def receive_payload(self, body: bytes, now: float) -> list[str | bytes]:
         """A polling POST body. Returns the messages in it, in order."""
         if self.state not in (_S.POLLING, _S.PROBING, _S.PROBED):
@@ -473,16 +501,15 @@ class EngineSession:
                 messages.append(msg)
         return messages
 
-    def receive_ws_text(self, text: str, now: float) -> tuple[str | None, str | None]:
-        """A WebSocket text frame. Returns (message or None, frame to answer directly or None)."""
+    def receive_ws_text(self, text: str, now: float) -> tuple[str | bytes | None, str | None]:
+        """A WebSocket text frame. Returns (message or None, frame to answer directly or None); a
+        message sent as ``b`` + base64 is bytes."""
         state = self.state
         if state is _S.PROBING or state is _S.PROBED:
             return None, self._receive_upgrade_frame(text)
         if text[:1] == "4":  # the hot path: skip the general decoder for plain messages
             return (text[1:] if state is _S.WEBSOCKET and self._admit(now) else None), None
-        msg = self._receive_packet(decode_text_packet(text), now, websocket=True)
-        assert not isinstance(msg, bytes)
-        return msg, None
+        return self._receive_packet(decode_text_packet(text), now, websocket=True), None
 
     def receive_ws_binary(self, data: bytes, now: float) -> bytes | None:
         if self.state is _S.PROBING or self.state is _S.PROBED:

@@ -164,9 +164,9 @@ class Connection:
                 await self.respond(204, preflight_headers(request, cors), b"")
                 return True
             if kind == "websocket":
-                return await open_websocket(server, self, request, target.sid) or False
+                return await open_websocket(server, self, request, target.sid, base64=target.base64) or False
             if kind == "open":
-                return await polling.open_polling(server, self, cors)
+                return await polling.open_polling(server, self, cors, base64=target.base64)
             sock = server.sessions.get(target.sid or "")
             if sock is None:
                 raise server.unknown_session(target.sid or "", self.address)

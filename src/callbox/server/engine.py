@@ -175,14 +175,14 @@ class EngineServer:
 
     # -- sessions ---------------------------------------------------------------------------
 
-    def new_session(self, address: str, *, websocket: bool) -> EngineSocket:
+    def new_session(self, address: str, *, websocket: bool, base64: bool = False) -> EngineSocket:
         cfg = self.config
         while (sid := secrets.token_urlsafe(15)) in self.sessions:  # 120 random bits
             pass
         core = EngineSession(
             sid, websocket=websocket, now=trio.current_time(),
             ping_interval=cfg.ping_interval, ping_timeout=cfg.ping_timeout, max_outbox_bytes=cfg.max_outbox,
-            event_rate=cfg.event_rate, event_burst=cfg.event_burst,
+            event_rate=cfg.event_rate, event_burst=cfg.event_burst, base64=base64,
         )
         return EngineSocket(self, core, address)
 

@@ -24,11 +24,11 @@ log = logging.getLogger("callbox.engine")
 _TEXT = [("Content-Type", "text/plain; charset=UTF-8")]
 
 
-async def open_polling(server: EngineServer, conn: Connection, cors: list[tuple[str, str]]) -> bool:
+async def open_polling(server: EngineServer, conn: Connection, cors: list[tuple[str, str]], *, base64: bool) -> bool:
     """The handshake: a new session, its open packet as the answer."""
     await conn.drain_body(0)
     server.admission.admit_session(conn.address, trio.current_time())
-    sock = server.new_session(conn.address, websocket=False)
+    sock = server.new_session(conn.address, websocket=False, base64=base64)
     body = sock.core.handshake_packet(upgrades=["websocket"], max_payload=server.config.max_payload).encode()
     await server.start_session(sock)
     await conn.respond(200, [*cors, *_TEXT], body)
@@ -84,7 +84,24 @@ async def _client_left_waiting(conn: Connection, sock: EngineSocket) -> bool:
 
 async def post(server: EngineServer, conn: Connection, request: h11.Request, sock: EngineSocket,
                cors: list[tuple[str, str]]) -> bool:
-    """A POST: its messages are delivered, in order, before it is answered."""
+    """A POST: its messages are delivered, in order, before it is answered. A second POST while one
+    is being handled is refused (400) and closes the session (Engine.IO v4)."""
+    core = sock.core
+    try:
+        core.begin_post(trio.current_time())
+    except PollConflict:
+        apply(sock)
+        raise HTTPError(400, BAD_REQUEST) from None
+    except TransportMismatch:
+        raise HTTPError(400, BAD_REQUEST) from None
+    try:
+        return await _post(server, conn, request, sock, cors)
+    finally:
+        core.end_post()
+
+
+async def _post(server: EngineServer, conn: Connection, request: h11.Request, sock: EngineSocket,
+                cors: list[tuple[str, str]]) -> bool:
     core = sock.core
     try:
         if declared_length(request) > server.config.max_payload:

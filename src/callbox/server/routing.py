@@ -70,6 +70,7 @@ class Route(NamedTuple):
 
     kind: str
     sid: str | None = None
+    base64: bool = False  # b64=1: the client wants binary messages as text (forceBase64)
 
 
 def request_path(request: h11.Request, engine_path: str) -> tuple[str, bool]:
@@ -97,11 +98,11 @@ def route(request: h11.Request, *, draining: bool) -> Route:
         upgrade = any(n == b"upgrade" and v.lower() == b"websocket" for n, v in request.headers)
         if not upgrade or method != b"GET":
             raise HTTPError(400, BAD_REQUEST)
-        return Route("websocket", sid)
+        return Route("websocket", sid, query.get("b64") == "1")
     if sid is None:
         if method != b"GET":
             raise HTTPError(400, BAD_HANDSHAKE_METHOD)
-        return Route("open")
+        return Route("open", None, query.get("b64") == "1")
     if method == b"GET":
         return Route("poll", sid)
     if method == b"POST":
@@ -119,12 +120,17 @@ def cors_headers(request: h11.Request, allowed: Sequence[str]) -> Headers | None
             host = value.decode("latin-1")
     if origin is None:
         return []
-    if "*" in allowed or origin in allowed or (not allowed and host is not None and urlsplit(origin).netloc == host):
+    if origin in allowed or (not allowed and host is not None and urlsplit(origin).netloc == host):
+        # Named (or the page's own): it may send credentials (cookies) too.
         return [
             ("Access-Control-Allow-Origin", origin),
             ("Access-Control-Allow-Credentials", "true"),
             ("Vary", "Origin"),
         ]
+    if "*" in allowed:
+        # Any site, as "*" means in Node (cors' default): without credentials, which a browser
+        # then never sends (nor lets a page read an answer to a credentialed request).
+        return [("Access-Control-Allow-Origin", "*")]
     return None
 
 

@@ -45,9 +45,10 @@ CONTROL_TIMEOUT = 1.0
 
 
 async def open_websocket(
-    server: EngineServer, conn: Connection, request: h11.Request, sid: str | None
+    server: EngineServer, conn: Connection, request: h11.Request, sid: str | None, *, base64: bool = False
 ) -> tuple[EngineSocket, WSCodec] | None:
-    """Answer 101 and return the session this WebSocket carries or probes for (None: refused)."""
+    """Answer 101 and return the session this WebSocket carries or probes for (None: refused).
+    ``base64``: a new session sends its binary messages as text (``b64=1``)."""
     key = websocket_key(request)
     sock: EngineSocket | None = None
     if sid is not None:
@@ -63,7 +64,7 @@ async def open_websocket(
     ws: WSCodec = CODECS[cfg.ws_codec](cfg.max_payload, bytes(conn.h11.trailing_data[0]))
     stream = conn.stream
     if sock is None:
-        sock = server.new_session(conn.address, websocket=True)
+        sock = server.new_session(conn.address, websocket=True, base64=base64)
         opening = sock.core.handshake_packet(upgrades=[], max_payload=cfg.max_payload)
         await stream.send_all(head + ws.message(opening))  # the 101 and the open packet: one write
         sock.carry(ws, stream)
