@@ -3,7 +3,8 @@
 Public API:
 
 - :class:`SocketIO`, :class:`Namespace`, :class:`Socket`, :class:`ConnectionRefused`: write a
-  Socket.IO application (events, acks, rooms, namespaces);
+  Socket.IO application (events, acks, rooms, namespaces, middleware); :class:`Ack` (an answer
+  given later), :class:`Handshake` (the request that opened a connection);
 - :class:`EngineApp`, :class:`EngineSocket`: write an Engine.IO application (raw messages);
 - :func:`serve`: run either on one port; :class:`Config`: its settings.
 """
@@ -13,12 +14,13 @@ from __future__ import annotations
 from ._serve import serve
 from .config import Config, ConfigError
 from .engineio import CloseReason
-from .server.api import ConnectionRefused, DisconnectReason, Namespace, Socket, SocketIO
+from .server.api import Ack, ConnectionRefused, DisconnectReason, Handshake, Namespace, Socket, SocketIO
 from .server.engine import EngineApp, EngineServer, EngineSocket
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Ack",
     "CloseReason",
     "Config",
     "ConfigError",
@@ -27,6 +29,7 @@ __all__ = [
     "EngineApp",
     "EngineServer",
     "EngineSocket",
+    "Handshake",
     "Namespace",
     "Socket",
     "SocketIO",

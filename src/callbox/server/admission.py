@@ -16,7 +16,7 @@ __all__ = ["Admission", "REFUSALS"]
 # The reasons counted in callbox_http_refused_total.
 REFUSALS = (
     "max_connections", "max_connections_per_address", "connection_rate_per_address", "max_sessions",
-    "max_sessions_per_address", "head_timeout", "body_timeout", "bad_request", "draining",
+    "max_sessions_per_address", "head_timeout", "body_timeout", "bad_request", "draining", "not_allowed",
 )
 
 

@@ -40,9 +40,10 @@ from ..socketio import (
 )
 from ..socketio.recovery import RecoveryBuffer, missed_offset
 from ..socketio.session import SocketIOSession
+from .http import Handshake
 from .session import EngineSocket
 
-__all__ = ["SocketIO", "Namespace", "Socket", "ConnectionRefused", "DisconnectReason"]
+__all__ = ["SocketIO", "Namespace", "Socket", "Ack", "ConnectionRefused", "DisconnectReason", "Handshake"]
 
 log = logging.getLogger("callbox.socketio")
 
@@ -58,7 +59,8 @@ RECOVERY_RESULTS: Final = ("recovered", "unknown", "expired_offset", "throttled"
 
 
 class ConnectionRefused(Exception):
-    """Raise from a connect handler to refuse the client: it sees ``connect_error``."""
+    """Raise from a connect handler or a middleware to refuse the client: it sees ``connect_error``
+    with ``message`` (and ``data``, if given, as the error's ``data``)."""
 
     def __init__(self, message: str = "Connection refused", data: Any = None) -> None:
         super().__init__(message)
@@ -81,7 +83,7 @@ class Socket:
     session id, which the client never needs)."""
 
     __slots__ = ("ack_requested", "auth", "client", "id", "namespace", "pid", "recovered", "recovering", "rooms",
-                 "state", "_early", "_expiry", "_kept")
+                 "state", "_ack_id", "_early", "_expiry", "_kept")
 
     def __init__(self, namespace: Namespace, client: _Client, auth: Any) -> None:
         self.id = client.server.socket_id_prefix + secrets.token_urlsafe(15)
@@ -104,6 +106,7 @@ class Socket:
         # True while an event handler runs for an event the client sent with an ack callback:
         # the handler's return value is then the ack.
         self.ack_requested = False
+        self._ack_id: int | None = None  # that event's ack id, until the handler defers its answer
         # What the connect handler emits, sent right after the CONNECT answer (dropped if it refuses).
         self._early: list[tuple[str, tuple[Any, ...]]] | None = []
 
@@ -119,6 +122,23 @@ class Socket:
     @property
     def transport(self) -> str:
         return self.client.esock.transport
+
+    @property
+    def handshake(self) -> Handshake:
+        """The HTTP request that opened this socket's connection: ``query``, ``headers``,
+        ``cookies``, ``address`` (past trusted proxies), ``secure``, ``url``, ``time``. The CONNECT
+        payload is :attr:`auth`."""
+        return self.client.esock.handshake
+
+    def defer_ack(self) -> Ack | None:
+        """From an event handler: answer the client's ack later, by calling the returned
+        :class:`Ack` once, instead of with the handler's return value (which is then not sent).
+
+        None if the client sent the event without an ack callback. An ack never called is never
+        sent: the client's callback does not run (socket.io-client's ``timeout()`` /
+        ``emitWithAck`` turn that into an error on its side); nothing is kept for it here."""
+        ack_id, self._ack_id = self._ack_id, None
+        return None if ack_id is None else Ack(self, ack_id)
 
     @property
     def remote_address(self) -> str:
@@ -203,6 +223,36 @@ class Socket:
             await _end_socket(self, DisconnectReason.SERVER_DISCONNECT)
 
 
+class Ack:
+    """The answer to one event a client sent with an ack callback, given after its handler
+    returned (:meth:`Socket.defer_ack`). Call it once, with the values the callback gets."""
+
+    __slots__ = ("_client", "_id", "_socket", "sent")
+
+    def __init__(self, socket: Socket, ack_id: int) -> None:
+        self._socket = socket
+        self._client = socket.client  # the ack id is this connection's
+        self._id = ack_id
+        self.sent = False
+
+    def __call__(self, *args: Any) -> bool:
+        """Send the answer; False if the socket's connection has gone (nothing sent). A second call
+        raises :class:`RuntimeError`."""
+        if self.sent:
+            raise RuntimeError("this ack was answered already")
+        self.sent = True
+        sock = self._socket
+        if sock.client is not self._client or not sock.connected:
+            return False
+        return sock.client.send_packet(_ack_messages(sock.namespace.name, list(args), self._id))
+
+
+def _ack_messages(namespace: str, args: list[Any], ack_id: int) -> list[str | bytes]:
+    if has_binary(args):
+        return encode_binary_packet(PacketType.ACK, namespace, args, ack_id)
+    return [encode_packet(PacketType.ACK, namespace, args, ack_id)]
+
+
 def _event_messages(namespace: str, event: str, args: Iterable[Any], ack_id: int | None) -> list[str | bytes]:
     data = [event, *args]
     if has_binary(data):
@@ -224,6 +274,7 @@ class Namespace:
         self._detach: Handler | None = None
         self._recover: Handler | None = None
         self._any: Handler | None = None
+        self._middleware: list[Handler] = []
 
     # -- registering handlers -------------------------------------------------------------------
 
@@ -239,6 +290,13 @@ class Namespace:
             return fn
 
         return register
+
+    def use(self, fn: Handler) -> Handler:
+        """Middleware: ``fn(socket, auth)`` runs for each client connecting to this namespace, in the
+        order registered, after the app's own (:meth:`SocketIO.use`) and before the connect
+        handler; raise :class:`ConnectionRefused` to refuse it (with ``data`` for the client)."""
+        self._middleware.append(fn)
+        return fn
 
     def on_any(self, fn: Handler) -> Handler:
         """``handler(socket, event, *args)`` for events with no handler of their own (raw args)."""
@@ -391,6 +449,9 @@ class SocketIO:
         self.socket_id_prefix = ""
         # Each says why the app should get no new clients now (/readyz 503), or None.
         self.readiness_checks: list[Callable[[], str | None]] = []
+        self._middleware: list[Handler] = []
+        self._allow_request: Handler | None = None
+        self._initial_headers: Handler | None = None
         # Recovery attempts that named no socket, per client address.
         self._recovery_misses = RateLimiter()
         self.recoveries = self.metrics.add(Counter(
@@ -427,6 +488,46 @@ class SocketIO:
         """``handler(handover)`` runs when the server drains, before every socket is disconnected."""
         self._shutdown_handlers.append(fn)
         return fn
+
+    def use(self, fn: Handler) -> Handler:
+        """Middleware for every namespace: ``fn(socket, auth)`` runs for each client connecting to
+        any namespace, before the namespace's own middleware and connect handler (authenticate
+        once, for all of them); raise :class:`ConnectionRefused` to refuse it."""
+        self._middleware.append(fn)
+        return fn
+
+    def allow_request(self, fn: Handler) -> Handler:
+        """Decorator: ``fn(handshake) -> bool`` (may be async, and wait) decides whether a request
+        for a new connection is served at all; False (or an exception, logged) answers 403 before
+        any session exists. Node's ``allowRequest``: check the origin, a header, the address."""
+        self._allow_request = fn
+        return fn
+
+    def initial_headers(self, fn: Handler) -> Handler:
+        """Decorator: ``fn(handshake)`` returns headers (a list of (name, value), or a dict) added to
+        the answer that opens a connection (the polling handshake, or the WebSocket 101): a cookie
+        that pins the client to this node behind a load balancer, say."""
+        self._initial_headers = fn
+        return fn
+
+    async def admit(self, handshake: Handshake) -> bool:
+        """The Engine.IO server asks whether a new connection may open (see :meth:`allow_request`)."""
+        if self._allow_request is None:
+            return True
+        try:
+            return bool(await _call(self._allow_request, handshake))
+        except Exception:
+            log.exception("allow_request failed: the request is refused")
+            return False
+
+    def handshake_headers(self, handshake: Handshake) -> list[tuple[str, str]]:
+        """The Engine.IO server asks for the headers of a new connection's answer (see
+        :meth:`initial_headers`)."""
+        if self._initial_headers is None:
+            return []
+        headers = self._initial_headers(handshake)
+        items = headers.items() if isinstance(headers, dict) else headers
+        return [(str(name), str(value)) for name, value in items]
 
     def unready(self) -> str | None:
         """Why /readyz answers 503 (the first readiness check that says so), or None."""
@@ -553,14 +654,19 @@ class SocketIO:
             return
         if not client.core.connect(name):
             return  # already connected, or being decided: socket.io ignores a repeated CONNECT
-        sock = Socket(ns, client, packet.data)
-        auth = packet.data
+        # No CONNECT payload is an empty one, as in Node (the handlers get {}).
+        auth = {} if packet.data is None else packet.data
+        sock = Socket(ns, client, auth)
         asked = None  # the socket this CONNECT may take back
         if sock.pid is not None and isinstance(auth, dict) and "pid" in auth:
             asked = sock.recovering = self._recoverable(ns, auth, client.esock.remote_address)
+        checks = [*self._middleware, *ns._middleware]
         if ns._connect is not None:
+            checks.append(ns._connect)
+        if checks:
             try:
-                await _call(ns._connect, sock, packet.data)
+                for fn in checks:
+                    await _call(fn, sock, auth)
             except ConnectionRefused as refusal:
                 sock._early = None
                 if client.core.refused(name):
@@ -662,6 +768,7 @@ class SocketIO:
         name = packet.event
         entry = ns._handlers.get(name)
         sock.ack_requested = packet.id is not None
+        sock._ack_id = packet.id
         try:
             if entry is not None:
                 fn, raw = entry
@@ -673,15 +780,12 @@ class SocketIO:
                 return
         finally:
             sock.ack_requested = False
-        if packet.id is not None and sock.connected:
+            ack_id, sock._ack_id = sock._ack_id, None  # None: the handler deferred it (defer_ack)
+        if ack_id is not None and sock.connected:
             if result is None:
                 ack_args: list[Any] = []
             elif isinstance(result, tuple):
                 ack_args = list(result)
             else:
                 ack_args = [result]
-            if has_binary(ack_args):
-                messages = encode_binary_packet(PacketType.ACK, ns.name, ack_args, packet.id)
-            else:
-                messages = [encode_packet(PacketType.ACK, ns.name, ack_args, packet.id)]
-            sock.client.send_packet(messages)
+            sock.client.send_packet(_ack_messages(ns.name, ack_args, ack_id))

@@ -166,7 +166,7 @@ class Connection:
             if kind == "websocket":
                 return await open_websocket(server, self, request, target.sid, base64=target.base64) or False
             if kind == "open":
-                return await polling.open_polling(server, self, cors, base64=target.base64)
+                return await polling.open_polling(server, self, request, cors, base64=target.base64)
             sock = server.sessions.get(target.sid or "")
             if sock is None:
                 raise server.unknown_session(target.sid or "", self.address)

@@ -21,8 +21,9 @@ import logging
 import secrets
 import ssl
 from functools import partial
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+import h11
 import trio
 
 from ..config import Config
@@ -30,9 +31,12 @@ from ..engineio import CloseReason, EngineSession
 from ..metrics import Counter, Gauge, Registry
 from .admission import REFUSALS, Admission
 from .connection import handle_connection
-from .http import ProxyTrust, StaticFiles
-from .routing import UNKNOWN_SID, HTTPError
+from .http import Handshake, ProxyTrust, StaticFiles
+from .routing import FORBIDDEN, UNKNOWN_SID, HTTPError
 from .session import EngineSocket, run_session
+
+if TYPE_CHECKING:
+    from .connection import Connection
 
 __all__ = ["EngineApp", "EngineSocket", "EngineServer"]
 
@@ -48,7 +52,9 @@ class EngineApp(Protocol):
     async def run(self) -> None:
         """Background work of the application, run in the server nursery until shutdown."""
 
-    # Optional: ``unready() -> str | None``, why /readyz should answer 503 (None: ready).
+    # Optional: ``unready() -> str | None``, why /readyz should answer 503 (None: ready);
+    # ``async admit(handshake) -> bool``, whether a new session may open (False: 403);
+    # ``handshake_headers(handshake) -> list[(name, value)]``, headers added to a new session's answer.
 
 
 class EngineServer:
@@ -175,7 +181,20 @@ class EngineServer:
 
     # -- sessions ---------------------------------------------------------------------------
 
-    def new_session(self, address: str, *, websocket: bool, base64: bool = False) -> EngineSocket:
+    async def handshake(self, conn: Connection, request: h11.Request) -> tuple[Handshake, list[tuple[str, str]]]:
+        """A request for a new session: what the application sees of it, once it allowed it (its
+        ``admit(handshake)``: False refuses with 403), and the headers it adds to the answer
+        (its ``handshake_headers(handshake)``: cookies for sticky sessions, say)."""
+        handshake = Handshake(request.target, request.headers, conn.address, isinstance(conn.stream, trio.SSLStream))
+        allow = getattr(self.app, "admit", None)
+        if allow is not None and not await allow(handshake):
+            log.info("request not allowed by the application", extra={"fields": {"remote": conn.address}})
+            raise HTTPError(403, FORBIDDEN, refused="not_allowed")
+        headers = getattr(self.app, "handshake_headers", None)
+        return handshake, ([] if headers is None else headers(handshake))
+
+    def new_session(self, address: str, *, websocket: bool, base64: bool = False,
+                    handshake: Handshake | None = None) -> EngineSocket:
         cfg = self.config
         while (sid := secrets.token_urlsafe(15)) in self.sessions:  # 120 random bits
             pass
@@ -184,7 +203,7 @@ class EngineServer:
             ping_interval=cfg.ping_interval, ping_timeout=cfg.ping_timeout, max_outbox_bytes=cfg.max_outbox,
             event_rate=cfg.event_rate, event_burst=cfg.event_burst, base64=base64,
         )
-        return EngineSocket(self, core, address)
+        return EngineSocket(self, core, address, handshake)
 
     async def start_session(self, sock: EngineSocket) -> None:
         """Register the session, start its task (over polling; a WebSocket's reader runs the

@@ -1,15 +1,19 @@
-"""Plain HTTP pieces of the shell: client addresses behind proxies, and static files."""
+"""Plain HTTP pieces of the shell: client addresses behind proxies, the handshake an application
+sees, and static files."""
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import mimetypes
 import os
 import posixpath
+import time
 from collections.abc import Sequence
-from urllib.parse import unquote
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import parse_qsl, unquote
 
-__all__ = ["ProxyTrust", "StaticFiles"]
+__all__ = ["Handshake", "ProxyTrust", "StaticFiles"]
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -45,6 +49,66 @@ class ProxyTrust:
             if not self.trusted(hop):
                 return hop
         return peer
+
+
+class Handshake:
+    """The HTTP request that opened a connection, as an application sees it (Node's
+    ``socket.handshake``, python-socketio's ``environ``): to read a tenant id or an API key from the
+    query, a cookie, the user agent, or the client's address for a log line.
+
+    Kept as it came (the request target and header list); the dicts are made when asked for.
+    """
+
+    __slots__ = ("_target", "_headers", "address", "secure", "issued")
+
+    def __init__(self, target: bytes, headers: Sequence[tuple[bytes, bytes]], address: str, secure: bool,
+                 issued: float | None = None) -> None:
+        self._target = target
+        self._headers = headers
+        self.address = address  # the client's address: the TCP peer, or past trusted proxies
+        self.secure = secure  # over TLS
+        self.issued = time.time() if issued is None else issued  # when, in seconds since the epoch
+
+    @property
+    def url(self) -> str:
+        """The request target: path and query string, as sent."""
+        return self._target.decode("latin-1")
+
+    @property
+    def query(self) -> dict[str, str]:
+        """The query string's parameters (a repeated one: its last value), ``EIO`` and
+        ``transport`` included, as in Node."""
+        return dict(parse_qsl(self.url.partition("?")[2], keep_blank_values=True))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The request headers by lower-case name; a repeated header's values joined by ``, ``
+        (``cookie`` by ``; ``)."""
+        out: dict[str, str] = {}
+        for raw_name, raw_value in self._headers:
+            name, value = raw_name.decode("latin-1").lower(), raw_value.decode("latin-1")
+            if name in out:
+                out[name] += ("; " if name == "cookie" else ", ") + value
+            else:
+                out[name] = value
+        return out
+
+    @property
+    def cookies(self) -> dict[str, str]:
+        """The ``Cookie`` header's cookies by name (none if it does not parse)."""
+        try:
+            jar = SimpleCookie(self.headers.get("cookie", ""))
+        except CookieError:
+            return {}
+        return {name: morsel.value for name, morsel in jar.items()}
+
+    @property
+    def time(self) -> str:
+        """When, as an ISO 8601 UTC date and time."""
+        return datetime.datetime.fromtimestamp(self.issued, datetime.UTC).isoformat()
+
+    def __repr__(self) -> str:
+        return f"<Handshake {self.address} {self.url!r}>"
 
 
 class StaticFiles:

@@ -24,14 +24,16 @@ log = logging.getLogger("callbox.engine")
 _TEXT = [("Content-Type", "text/plain; charset=UTF-8")]
 
 
-async def open_polling(server: EngineServer, conn: Connection, cors: list[tuple[str, str]], *, base64: bool) -> bool:
+async def open_polling(server: EngineServer, conn: Connection, request: h11.Request, cors: list[tuple[str, str]], *,
+                       base64: bool) -> bool:
     """The handshake: a new session, its open packet as the answer."""
     await conn.drain_body(0)
     server.admission.admit_session(conn.address, trio.current_time())
-    sock = server.new_session(conn.address, websocket=False, base64=base64)
+    handshake, extra = await server.handshake(conn, request)
+    sock = server.new_session(conn.address, websocket=False, base64=base64, handshake=handshake)
     body = sock.core.handshake_packet(upgrades=["websocket"], max_payload=server.config.max_payload).encode()
     await server.start_session(sock)
-    await conn.respond(200, [*cors, *_TEXT], body)
+    await conn.respond(200, [*cors, *_TEXT, *extra], body)
     return True
 
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ..engineio import CloseReason, Effect, EngineSession, Sent, SessionState
+from .http import Handshake
 from .wsframe import WSCodec
 
 if TYPE_CHECKING:
@@ -51,13 +52,16 @@ class EngineSocket:
 
     __slots__ = (
         "core", "server", "remote_address", "state", "_limited", "_lot", "_ws", "_stream", "_fd", "_leftover",
-        "_batched", "_ws_scope", "_probe", "_wlock", "_write_scope", "_wait_scope", "_polling_born",
+        "_batched", "_ws_scope", "_probe", "_wlock", "_write_scope", "_wait_scope", "_polling_born", "handshake",
     )
 
-    def __init__(self, server: EngineServer, core: EngineSession, remote_address: str) -> None:
+    def __init__(self, server: EngineServer, core: EngineSession, remote_address: str,
+                 handshake: Handshake | None = None) -> None:
         self.core = core
         self.server = server
         self.remote_address = remote_address
+        # The request that opened it (tests that make sessions without one: an empty GET /).
+        self.handshake = handshake or Handshake(b"/", [], remote_address, False)
         self.state: Any = None
         self._polling_born = core.state is SessionState.POLLING
         self._limited = False  # its rate limit has dropped packets (logged once)

@@ -17,6 +17,7 @@ import h11
 import trio
 
 from ..engineio import CloseReason, EngineIOProtocolError, SessionState
+from .http import Handshake
 from .routing import websocket_key
 from .session import EngineSocket, apply, batched_writes, flush_websocket, tick
 from .wsframe import (
@@ -51,20 +52,24 @@ async def open_websocket(
     ``base64``: a new session sends its binary messages as text (``b64=1``)."""
     key = websocket_key(request)
     sock: EngineSocket | None = None
+    handshake: Handshake | None = None
+    extra: list[tuple[str, str]] = []
     if sid is not None:
         sock = server.sessions.get(sid)
         if sock is None:
             raise server.unknown_session(sid, conn.address)
     else:
         server.admission.admit_session(conn.address, trio.current_time())
+        handshake, extra = await server.handshake(conn, request)
     await conn.drain_body(0)
     cfg = server.config
-    headers = [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"), (b"Sec-WebSocket-Accept", accept_token(key))]
+    headers = [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"), (b"Sec-WebSocket-Accept", accept_token(key)),
+               *((n.encode("latin-1"), v.encode("latin-1")) for n, v in extra)]
     head = conn.h11.send(h11.InformationalResponse(status_code=101, headers=headers)) or b""
     ws: WSCodec = CODECS[cfg.ws_codec](cfg.max_payload, bytes(conn.h11.trailing_data[0]))
     stream = conn.stream
     if sock is None:
-        sock = server.new_session(conn.address, websocket=True, base64=base64)
+        sock = server.new_session(conn.address, websocket=True, base64=base64, handshake=handshake)
         opening = sock.core.handshake_packet(upgrades=[], max_payload=cfg.max_payload)
         await stream.send_all(head + ws.message(opening))  # the 101 and the open packet: one write
         sock.carry(ws, stream)
