@@ -1,5 +1,5 @@
 // Issue 14 with the real socket.io-client (WebSocket): two callbox nodes sharing one Redis, driven by
-// tests/multinode/test_multinode.py.
+// tests/multinode/test_multinode.py and tests/multinode/test_edges.py.
 //
 //   node cluster.mjs SCENARIO URL1 URL2
 //
@@ -481,6 +481,130 @@ const scenarios = {
     const again = await ring(alice, back, "audio");
     assert.notEqual(again, callId);
     for (const u of [alice, back]) await u.nothing();
+  },
+
+  // What an operator's /metrics show of relays between nodes: in a live call alice (n1) - bob (n2),
+  // the test reads both nodes' metrics ("@@ snapshot"), alice sends bob 5 candidates (each acked,
+  // each received), and the test reads them again.
+  async oneway() {
+    const alice = await user("alice", "n1");
+    const bob = await user("bob", "n2");
+    const callId = await liveCall(alice, bob);
+    for (const u of [alice, bob]) await u.nothing();
+    await control("snapshot");
+    const PORTS = [52000, 52001, 52002, 52003, 52004];
+    for (const port of PORTS) {
+      assert.deepEqual(await alice.ack("ice:candidate", { to: "bob", candidate: CANDIDATE(port) }), { ok: true, callId });
+    }
+    assert.deepEqual(await bob.take(PORTS.length), PORTS.map((p) => ["ice:candidate", { candidate: CANDIDATE(p), from: "alice", callId }]));
+    for (const u of [alice, bob]) await u.nothing();
+    await control("snapshot");
+    alice.emit("call:end", { callId });
+    for (const u of [alice, bob]) assert.deepEqual(await u.next("call:ended"), { callId, by: "alice", reason: "hangup" });
+  },
+
+  // Both nodes started while Redis was down: alice (n1) and bob (n2) connect, and their user:join is
+  // refused UNAVAILABLE; the test starts Redis ("@@ redis-start", answered once both nodes are
+  // ready); on the same connections they join, and alice calls bob across the nodes.
+  async "redis-late"() {
+    const alice = new User("alice", "n1");
+    const bob = new User("bob", "n2");
+    for (const u of [alice, bob]) {
+      await u.connected();
+      const refused = await u.ack("user:join", { userId: u.userId });
+      assert.equal(refused.ok, false, `${u.name}: ${JSON.stringify(refused)}`);
+      assert.equal(refused.code, "UNAVAILABLE", `${u.name}: ${JSON.stringify(refused)}`);
+      assert.equal(typeof refused.message, "string");
+    }
+    for (const u of [alice, bob]) await u.nothing(); // no user:joined, no disconnect
+    const { seconds } = await control("redis-start");
+    measured({ redisStartToReady: seconds });
+    for (const u of [alice, bob]) await u.join(); // the same sockets: never disconnected
+    const callId = await ring(alice, bob);
+    await accept(alice, bob, callId);
+    assert.deepEqual(await alice.ack("call:offer", { to: "bob", offer: OFFER }), { ok: true, callId });
+    assert.deepEqual(await bob.next("call:offer"), { offer: OFFER, from: "alice", callType: "video", callId });
+    alice.emit("call:end", { callId });
+    for (const u of [alice, bob]) {
+      assert.deepEqual(await u.next("call:ended"), { callId, by: "alice", reason: "hangup" });
+      await u.nothing();
+    }
+  },
+
+  // n2 is killed (-9) while bob, in a live call with alice (n1), and carol, in no call, are on it,
+  // and started again under the same --node-id before n1 could claim it (n1 runs with a long
+  // --node-timeout). The new n2 cleans up after the old one at its start: with GRACE=0 (the test's
+  // --reconnect-grace 0) alice's call ends (disconnected) and bob and carol are offline; with a grace,
+  // alice is told bob is reconnecting, carol is offline, and bob resumes on the new n2 with his token.
+  // bob can join again on the new n2 either way, and calls cross the nodes as before.
+  async restart() {
+    const grace = process.env.GRACE !== "0";
+    const alice = await user("alice", "n1");
+    const bob = await user("bob", "n2");
+    const carol = await user("carol", "n2");
+    const dave = await user("dave", "n1");
+    const token = bob.joined.resumeToken;
+    assert.equal(token === undefined, !grace, JSON.stringify(bob.joined));
+    const callId = await liveCall(alice, bob);
+    for (const u of [alice, bob, carol, dave]) await u.nothing();
+    // a last candidate reaches bob through n2 just before it dies
+    assert.deepEqual(await alice.ack("ice:candidate", { to: "bob", candidate: CANDIDATE(52999) }), { ok: true, callId });
+    assert.deepEqual(await bob.next("ice:candidate"), { candidate: CANDIDATE(52999), from: "alice", callId });
+
+    await control("kill n2");
+    for (const u of [bob, carol]) assert.equal(await u.next("disconnect"), "transport close");
+    for (const u of [alice, dave]) await u.nothing(); // nobody has noticed: n1 would take 10 s
+    const { url } = await control("restart n2");
+    URLS.n2 = url;
+    const restarted = now();
+    if (!grace) {
+      assert.deepEqual(await alice.next("call:ended", LATE), { callId, by: "bob", reason: "disconnected" });
+    } else {
+      assert.deepEqual(await alice.next("call:reconnecting", LATE), { callId, userId: "bob" });
+    }
+    measured({ grace, restartToTold: Math.round(now() - restarted) });
+    // The new n2 went through every session of the old one (its users online: alice, dave, and bob
+    // while he is away): dave, idle on n1, finds who is offline.
+    await control(`online n2 ${grace ? 3 : 2}`);
+    const gone = grace ? ["carol"] : ["bob", "carol"];
+    for (const to of gone) {
+      const refused = await dave.ack("call:initiate", { to, callType: "audio" });
+      assert.equal(refused.code, "USER_OFFLINE", `${to}: ${JSON.stringify(refused)}`);
+    }
+    if (grace) {
+      const busy = await dave.ack("call:initiate", { to: "bob", callType: "audio" });
+      assert.equal(busy.code, "USER_BUSY", `bob: ${JSON.stringify(busy)}`);
+    }
+    for (const u of [alice, dave]) await u.nothing();
+
+    let back;
+    if (grace) {
+      back = new User("bob", "n2");
+      await back.connected();
+      const ack = await back.ack("user:join", { userId: "bob", resumeToken: token });
+      assert.deepEqual(ack, { ok: true, userId: "bob", socketId: back.socket.id, resumed: true });
+      assert.ok(back.socket.id.startsWith("n2."), back.socket.id);
+      // bob is told he is back, and nothing else: alice sent him nothing while he was away (what
+      // the old n2 delivered to him before it died, up to that last candidate, does not come again)
+      const got = await back.take(2);
+      assert.deepEqual(got.map(([event]) => event), ["user:joined", "call:reconnected"], JSON.stringify(got));
+      assert.deepEqual(got[0][1].call, { callId, peer: "alice", role: "callee", state: "connected", callType: "video" });
+      assert.deepEqual(got[1][1], { callId, userId: "bob" });
+      assert.deepEqual(await alice.next("call:reconnected"), { callId, userId: "bob" });
+      for (const u of [alice, back]) await u.nothing();
+      assert.deepEqual(await alice.ack("ice:candidate", { to: "bob", candidate: CANDIDATE(53000) }), { ok: true, callId });
+      assert.deepEqual(await back.next("ice:candidate"), { candidate: CANDIDATE(53000), from: "alice", callId });
+      alice.emit("call:end", { callId });
+      for (const u of [alice, back]) assert.deepEqual(await u.next("call:ended"), { callId, by: "alice", reason: "hangup" });
+    } else {
+      back = await user("bob", "n2");
+    }
+    const again = await ring(alice, back, "audio");
+    assert.notEqual(again, callId);
+    await accept(alice, back, again);
+    assert.deepEqual(await back.ack("ice:candidate", { to: "alice", candidate: CANDIDATE(63000, "Pq7r") }), { ok: true, callId: again });
+    assert.deepEqual(await alice.next("ice:candidate"), { candidate: CANDIDATE(63000, "Pq7r"), from: "bob", callId: again });
+    for (const u of [alice, back, dave]) await u.nothing();
   },
 };
 

@@ -11,6 +11,11 @@ not wait for a drain) and Redis stops.
 - ``c.run(scenario, **env)`` runs ``tests/interop/cluster.mjs SCENARIO URL1 URL2`` and answers its
   requests ("@@ kill n2" on its stdout: that node is killed, "ok" on its stdin); it must exit 0.
   When it does not, the failure carries the script's output and the tail of every node's log.
+- ``c.restart("n2")`` (or the script's "@@ restart n2", answered ``ok {"url": ...}``) starts a
+  killed node again under its name, on the port it had, as a supervisor does; ``.wait_ready()`` waits
+  for a node's ``/readyz`` 200 (a node listens before Redis has answered it).
+- ``c.handlers["name"] = fn``: the script's "@@ name ARGS..." is answered with ``fn([ARGS...])``
+  (an answer line, "ok [JSON]" or "fail WHY"), for what only one test knows how to do.
 
 Every node writes its stdout and stderr to ``<tmp_path>/<node id>.log``; a failing test prints them.
 """
@@ -28,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 from _interop import NODE
@@ -51,6 +56,8 @@ STARTUP = 15.0
 SCENARIO_LIMIT = 50.0
 # How much of a node's log a failure shows.
 LOG_TAIL = 6000
+# How long a node may take, once it listens, to be ready (its first heartbeat answered by Redis).
+READY = 10.0
 
 LISTENING = re.compile(r"callbox listening on (http://127\.0\.0\.1:(\d+)/socket\.io/)")
 
@@ -82,6 +89,10 @@ class Node:
     @property
     def alive(self) -> bool:
         return self.proc.poll() is None
+
+    def wait_ready(self, timeout: float = READY) -> None:
+        """Until its /readyz answers 200."""
+        wait_until(lambda: get(f"{self.url}/readyz")[0] == 200, timeout, f"node {self.name}'s /readyz 200")
 
     def kill(self) -> None:
         """``kill -9``: no goodbye to anyone, not to its clients and not to Redis."""
@@ -121,7 +132,9 @@ class Cluster:
         self.redis = redis
         self.directory = directory
         self.nodes: dict[str, Node] = {}
+        self.gone: list[Node] = []  # nodes restarted since: their logs
         self.times: list[dict[str, Any]] = []
+        self.handlers: dict[str, Callable[[list[str]], str]] = {}
 
     def start(self, name: str, *args: str) -> Node:
         argv = [sys.executable, "-m", "callbox", "--host", "127.0.0.1", "--port", "0",
@@ -130,9 +143,22 @@ class Cluster:
         self.nodes[name] = node
         return node
 
+    def restart(self, name: str) -> Node:
+        """Start the node ``name``, which has died, again: its settings, its port; once it listens."""
+        old = self.nodes[name]
+        assert not old.alive, f"node {name} is running"
+        old.close()
+        self.gone.append(old)
+        argv = list(old.argv)
+        argv[argv.index("--port") + 1] = str(old.port)
+        node = Node(name, self.directory / f"{name}.{len(self.gone)}.log", argv)
+        self.nodes[name] = node
+        node.wait_listening()
+        return node
+
     def logs(self) -> str:
         return "".join(f"\n--- node {n.name} ({'running' if n.alive else f'exited {n.proc.returncode}'}) "
-                       f"{' '.join(n.argv[2:])}\n{n.log_tail()}" for n in self.nodes.values())
+                       f"{' '.join(n.argv[2:])}\n{n.log_tail()}" for n in [*self.gone, *self.nodes.values()])
 
     def command(self, line: str) -> str:
         """One request of the script: its answer line."""
@@ -148,6 +174,10 @@ class Cluster:
                 wait_until(lambda: by.metrics().get("callbox_cluster_nodes") == alive, NODE_TIMEOUT + CLAIM,
                            f"{by.name}'s callbox_cluster_nodes to be {alive}")
                 return "ok"
+            if name == "restart":  # "restart n2": started again under its name, listening
+                return "ok " + json.dumps({"url": self.restart(args[0]).url})
+            if name in self.handlers:
+                return self.handlers[name](args)
             return f"fail unknown command {line!r}"
         except (AssertionError, KeyError, OSError, subprocess.SubprocessError) as exc:
             return f"fail {' '.join(str(exc).split())}"

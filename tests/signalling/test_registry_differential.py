@@ -5,16 +5,18 @@ A real ``redis-server`` (tests/_redis.py) serves the whole module; each example 
 database (FLUSHDB) and a new ``MemoryRegistry``, in a Trio run of its own.
 
 The calls: ``join`` (users u0..u2, a new session or one of the user's own, device d0..d3 or none,
-with a resume token or not), ``leave``, ``detach``, ``reattach`` (recovered on
+with a resume token or not), ``leave`` (also with ``away_only``, as a grace's end does: mostly at a
+device away, else at one of the user's devices), ``detach``, ``reattach`` (recovered on
 its own session; or from a new session with the right token, a stale one, a wrong one; a new token
 or not), ``initiate`` (anyone to anyone, and glare: the callee of a ringing call calls its caller back
 from a device it rings), ``ring``, ``accept`` / ``reject`` (by the callee, the caller or anyone, with
 the right ``from``, a wrong one or none), ``hang_up``, ``time_out``, ``relay`` (offer, answer,
-candidate; to the peer, to another user, to nobody) and ``end_all``; and two short stories that
+candidate; to the peer, to another user, to nobody) and ``end_all``; and three short stories that
 random steps seldom tell: a device in a call loses its connection (detach) and its call then ends
 (it stays away, and is not rung); a call rings at one device of its callee, that device is lost,
-another joins (rung too) and answers or declines. ``max_devices`` (1..3) is drawn once per example,
-as it is a server's setting. Users, sessions and call ids are mostly taken where they mean
+another joins (rung too) and answers or declines; a device in a call is lost and its grace ends
+(``leave`` with ``away_only``), after it came back or not. ``max_devices`` (1..3) is drawn once per
+example, as it is a server's setting. Users, sessions and call ids are mostly taken where they mean
 something (a user online or in a call, the user's devices, the call's parties, a live call), so
 that calls ring, get answered and merge, and sometimes anywhere.
 
@@ -99,6 +101,8 @@ caller_given = mostly("none", "right", "wrong")
 WEIGHTED: list[tuple[int, st.SearchStrategy[tuple[Any, ...]]]] = [
     (5, st.tuples(st.just("join"), pick, st.booleans(), st.sampled_from(DEVICES), st.booleans(), pick)),
     (2, st.tuples(st.just("leave"), pick, pick)),
+    (1, st.tuples(st.just("leave_away"), pick, pick)),
+    (2, st.tuples(st.just("grace_end"), pick, mostly("away", "back"))),
     (2, st.tuples(st.just("detach"), pick, pick)),
     (2, st.tuples(st.just("reattach"), pick, pick, mostly("right", "recover", "stale", "wrong"), st.booleans())),
     (5, st.tuples(st.just("initiate"), pick, pick, pick, st.sampled_from(("audio", "video")), st.integers(0, 3))),
@@ -235,6 +239,27 @@ class Twin:
     async def do_leave(self, i: int, k: int) -> None:
         user_id = self.busy(i) if i % 2 else self.someone(i)
         await self.both("leave", user_id, self.sock(user_id, k, self.in_its_call(user_id) if k % 2 else ()))
+
+    async def do_leave_away(self, i: int, k: int) -> None:
+        """A grace's end: ``leave`` only if the device is still away (mostly one that is; else any of
+        the user's devices, one that came back among them)."""
+        away_users = [u.id for u in self.memory.users.values() if any(d.away for d in u.devices)]
+        user_id = away_users[i % len(away_users)] if away_users and i < LIKELY else self.someone(i)
+        user = self.memory.users.get(user_id)
+        away = tuple(d.socket_id for d in user.devices if d.away) if user and k % 2 == 0 else ()
+        await self.both("leave", user_id, self.sock(user_id, k, away), True)
+
+    async def do_grace_end(self, i: int, then: str) -> None:
+        """A device in a call loses its connection (detach); its grace ends (``leave`` with
+        ``away_only``) while it is away (the call ends), or after it came back (nothing happens)."""
+        user_id = self.busy(i)
+        sockets = self.in_its_call(user_id)
+        if len(sockets) != 1:
+            return
+        await self.both("detach", user_id, sockets[0])
+        if then == "back":
+            await self.both("reattach", user_id, sockets[0], None, None)
+        await self.both("leave", user_id, sockets[0], True)
 
     async def do_detach(self, i: int, k: int) -> None:
         user_id = self.busy(i)
