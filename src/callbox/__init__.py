@@ -4,7 +4,8 @@ Public API:
 
 - :class:`SocketIO`, :class:`Namespace`, :class:`Socket`, :class:`ConnectionRefused`: write a
   Socket.IO application (events, acks, rooms, namespaces, middleware); :class:`Ack` (an answer
-  given later), :class:`Handshake` (the request that opened a connection);
+  given later), :class:`Handshake` (the request that opened a connection), :class:`Broadcast`
+  (emit to, or act on, the sockets of some rooms);
 - :class:`EngineApp`, :class:`EngineSocket`: write an Engine.IO application (raw messages);
 - :func:`serve`: run either on one port; :class:`Config`: its settings.
 """
@@ -14,13 +15,14 @@ from __future__ import annotations
 from ._serve import serve
 from .config import Config, ConfigError
 from .engineio import CloseReason
-from .server.api import Ack, ConnectionRefused, DisconnectReason, Handshake, Namespace, Socket, SocketIO
+from .server.api import Ack, Broadcast, ConnectionRefused, DisconnectReason, Handshake, Namespace, Socket, SocketIO
 from .server.engine import EngineApp, EngineServer, EngineSocket
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Ack",
+    "Broadcast",
     "CloseReason",
     "Config",
     "ConfigError",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import inspect
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Final
@@ -34,16 +35,18 @@ from ..socketio import (
     Packet,
     PacketType,
     SocketIOProtocolError,
-    encode_binary_packet,
+    encode_ack,
+    encode_event,
     encode_packet,
-    has_binary,
 )
 from ..socketio.recovery import RecoveryBuffer, missed_offset
 from ..socketio.session import SocketIOSession
+from .broadcast import Broadcast
 from .http import Handshake
 from .session import EngineSocket
 
-__all__ = ["SocketIO", "Namespace", "Socket", "Ack", "ConnectionRefused", "DisconnectReason", "Handshake"]
+__all__ = ["SocketIO", "Namespace", "Socket", "Ack", "Broadcast", "ConnectionRefused", "DisconnectReason",
+           "Handshake"]
 
 log = logging.getLogger("callbox.socketio")
 
@@ -156,10 +159,13 @@ class Socket:
                 return False
             self._early.append((event, args))
             return True
+        hooks = self.namespace.outgoing_hooks()
+        if hooks:
+            _run_hooks(hooks, self, event, args)
         kept = self._kept
         if kept is None:
-            return self.client.send_packet(_event_messages(self.namespace.name, event, args, None))
-        messages = _event_messages(self.namespace.name, event, (*args, kept.next_offset()), None)
+            return self.client.send_packet(encode_event(self.namespace.name, event, args, None))
+        messages = encode_event(self.namespace.name, event, (*args, kept.next_offset()), None)
         config = self.client.server.config
         fits = kept.keep(messages, trio.current_time(), max_events=config.recovery_max_events,
                          max_bytes=config.recovery_max_bytes,
@@ -184,11 +190,14 @@ class Socket:
         if not self.connected:
             raise ConnectionError("socket is not connected")
         client = self.client
+        hooks = self.namespace.outgoing_hooks()
+        if hooks:
+            _run_hooks(hooks, self, event, args)
         ack_id = client.core.new_ack_id()
         send, receive = trio.open_memory_channel[tuple[Any, ...]](1)
         client.acks[ack_id] = send
         try:
-            client.send_packet(_event_messages(self.namespace.name, event, args, ack_id))
+            client.send_packet(encode_event(self.namespace.name, event, args, ack_id))
             wait = client.server.config.ack_timeout if timeout is None else timeout
             with trio.fail_after(wait):
                 return await receive.receive()
@@ -197,6 +206,21 @@ class Socket:
         finally:
             client.acks.pop(ack_id, None)
             client.core.ack_abandoned(ack_id)
+
+    def to(self, *rooms: str | Iterable[str]) -> Broadcast:
+        """The sockets in these rooms but this one (Node's ``socket.to(room).emit``: the others)."""
+        return Broadcast(self.namespace).to(*rooms).except_(self.id)
+
+    in_ = to
+
+    def except_(self, *rooms: str | Iterable[str]) -> Broadcast:
+        """Every socket of the namespace but this one and those in these rooms (``socket.broadcast``)."""
+        return Broadcast(self.namespace).except_(self.id, *rooms)
+
+    @property
+    def broadcast(self) -> Broadcast:
+        """Every socket of the namespace but this one."""
+        return Broadcast(self.namespace).except_(self.id)
 
     def join(self, room: str) -> None:
         if room not in self.rooms:
@@ -244,20 +268,7 @@ class Ack:
         sock = self._socket
         if sock.client is not self._client or not sock.connected:
             return False
-        return sock.client.send_packet(_ack_messages(sock.namespace.name, list(args), self._id))
-
-
-def _ack_messages(namespace: str, args: list[Any], ack_id: int) -> list[str | bytes]:
-    if has_binary(args):
-        return encode_binary_packet(PacketType.ACK, namespace, args, ack_id)
-    return [encode_packet(PacketType.ACK, namespace, args, ack_id)]
-
-
-def _event_messages(namespace: str, event: str, args: Iterable[Any], ack_id: int | None) -> list[str | bytes]:
-    data = [event, *args]
-    if has_binary(data):
-        return encode_binary_packet(PacketType.EVENT, namespace, data, ack_id)
-    return [encode_packet(PacketType.EVENT, namespace, data, ack_id)]
+        return sock.client.send_packet(encode_ack(sock.namespace.name, list(args), self._id))
 
 
 class Namespace:
@@ -275,6 +286,21 @@ class Namespace:
         self._recover: Handler | None = None
         self._any: Handler | None = None
         self._middleware: list[Handler] = []
+        self._outgoing: list[Handler] = []
+        self._app_outgoing: list[Handler] = []  # the app's, shared by every namespace
+        self.parent: Namespace | None = None  # a child's (see SocketIO.of)
+        self.children: dict[str, Namespace] = {}  # a parent's
+
+    def child(self, name: str) -> Namespace:
+        """A child of this parent namespace: its handlers, middleware and hooks are the parent's."""
+        child = Namespace(name)
+        child.parent = self
+        child._handlers, child._middleware, child._outgoing = self._handlers, self._middleware, self._outgoing
+        child._app_outgoing = self._app_outgoing
+        child._connect, child._disconnect, child._detach = self._connect, self._disconnect, self._detach
+        child._recover, child._any = self._recover, self._any
+        self.children[name] = child
+        return child
 
     # -- registering handlers -------------------------------------------------------------------
 
@@ -326,23 +352,56 @@ class Namespace:
         self._recover = fn
         return fn
 
+    def on_any_outgoing(self, fn: Handler) -> Handler:
+        """``fn(socket, event, args)`` for every event emitted to a socket of this namespace (for
+        logs and metrics; it runs inline, so keep it quick; its exceptions are logged)."""
+        self._outgoing.append(fn)
+        return fn
+
+    def outgoing_hooks(self) -> list[Handler]:
+        """This namespace's outgoing hooks, then the app's (:meth:`SocketIO.on_any_outgoing`)."""
+        return self._outgoing + self._app_outgoing if self._app_outgoing else self._outgoing
+
     # -- emitting -------------------------------------------------------------------------------
 
+    def to(self, *rooms: str | Iterable[str]) -> Broadcast:
+        """The sockets in these rooms (a socket id is a room of one), to emit to or act on."""
+        return Broadcast(self).to(*rooms)
+
+    in_ = to
+
+    def except_(self, *rooms: str | Iterable[str]) -> Broadcast:
+        """Every socket but those in these rooms."""
+        return Broadcast(self).except_(*rooms)
+
+    def timeout(self, seconds: float) -> Broadcast:
+        """Every socket, for :meth:`Broadcast.emit_with_ack` with this timeout."""
+        return Broadcast(self).timeout(seconds)
+
     def emit(self, event: str, *args: Any, room: str | None = None, skip: Socket | None = None) -> int:
-        """Send to every socket (or those in ``room``) but ``skip``; encoded once (with recovery on,
-        once per socket, each with its own offset). Returns the count."""
-        targets = list(self.sockets.values() if room is None else self.rooms.get(room, ()))
-        sent = 0
-        if targets and targets[0]._kept is not None:
-            for sock in targets:
-                if sock is not skip and sock.emit(event, *args):
-                    sent += 1
-            return sent
-        encoded = _event_messages(self.name, event, args, None)
-        for sock in targets:
-            if sock is not skip and sock.send_raw(encoded):
-                sent += 1
-        return sent
+        """Send to every socket (or those in ``room``) but ``skip``; see :class:`Broadcast` for
+        more (several rooms, rooms excluded, acks). Returns the count. A parent namespace's emit
+        is each child's."""
+        if self.children:
+            return sum(child.emit(event, *args, room=room, skip=skip) for child in list(self.children.values()))
+        targets = Broadcast(self) if room is None else Broadcast(self).to(room)
+        return (targets.except_(skip.id) if skip is not None else targets).emit(event, *args)
+
+    async def fetch_sockets(self) -> list[Socket]:
+        """Every socket of the namespace (see :class:`Broadcast` for those of some rooms)."""
+        return await Broadcast(self).fetch_sockets()
+
+    async def disconnect_sockets(self) -> None:
+        """Disconnect every socket of the namespace."""
+        await Broadcast(self).disconnect_sockets()
+
+
+def _run_hooks(hooks: list[Handler], socket: Socket, event: str, args: tuple[Any, ...]) -> None:
+    for fn in hooks:
+        try:
+            fn(socket, event, args)
+        except Exception:
+            log.exception("outgoing hook failed for socket %s", socket.id)
 
 
 async def _call(fn: Handler, *args: Any) -> Any:
@@ -417,6 +476,12 @@ async def _end_socket(sock: Socket, reason: str) -> None:
         ns.by_pid.pop(sock.pid, None)
     for room in list(sock.rooms):
         sock.leave(room)
+    parent = ns.parent
+    if parent is not None and not ns.sockets and parent.children.get(ns.name) is ns:
+        del parent.children[ns.name]  # a child namespace goes with its last socket
+        server = sock.client.server
+        if server.namespaces.get(ns.name) is ns:
+            del server.namespaces[ns.name]
     if ns._disconnect is not None:
         try:
             await _call(ns._disconnect, sock, reason)
@@ -440,7 +505,10 @@ class SocketIO:
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config()
         self.metrics = MetricsRegistry()  # served at /metrics with the server's own
+        self._outgoing: list[Handler] = []  # every namespace's outgoing hooks
         self.namespaces: dict[str, Namespace] = {"/": Namespace("/")}
+        self.namespaces["/"]._app_outgoing = self._outgoing
+        self._parents: list[tuple[re.Pattern[str] | Handler, Namespace]] = []
         self._pending: collections.deque[_Client] = collections.deque()
         self._pending_lot = trio.lowlevel.ParkingLot()
         self._nursery: trio.Nursery | None = None
@@ -459,14 +527,89 @@ class SocketIO:
             initial=[(r,) for r in RECOVERY_RESULTS],
         ))
 
-    def of(self, name: str) -> Namespace:
-        """The namespace ``name``, registered on first use. Unregistered ones are refused."""
+    def of(self, name: str | re.Pattern[str] | Handler) -> Namespace:
+        """The namespace ``name``, registered on first use. Clients are refused a namespace that is
+        not registered, unless a **parent** namespace matches it: ``of(re.compile(...))`` or
+        ``of(fn)`` with ``fn(name, auth) -> bool`` (may be async) gives one. A client that connects
+        to a name a parent matches gets a child namespace of that name, which has the parent's
+        handlers and middleware (register them before clients come); a child goes when its last
+        socket does (Node's dynamic namespaces). The parent's :meth:`Namespace.emit` reaches every
+        child."""
+        if not isinstance(name, str):
+            parent = Namespace(f"<parent {getattr(name, 'pattern', name)!r}>")
+            parent._app_outgoing = self._outgoing
+            self._parents.append((name, parent))
+            return parent
         if not name.startswith("/"):
             raise ValueError("a namespace name starts with '/'")
         ns = self.namespaces.get(name)
         if ns is None:
             ns = self.namespaces[name] = Namespace(name)
+            ns._app_outgoing = self._outgoing
         return ns
+
+    async def _child(self, name: str, auth: Any) -> Namespace | None:
+        """A child namespace for ``name`` if a parent matches it (see :meth:`of`)."""
+        for matcher, parent in self._parents:
+            if isinstance(matcher, re.Pattern):
+                matches = matcher.fullmatch(name) is not None
+            else:
+                try:
+                    matches = bool(await _call(matcher, name, auth))
+                except Exception:
+                    log.exception("namespace matcher failed for %r", name)
+                    matches = False
+            if matches:
+                child = self.namespaces[name] = parent.child(name)
+                return child
+        return None
+
+    def register(self, handlers: object, name: str = "/") -> Namespace:
+        """Class-based handlers (python-socketio's ``AsyncNamespace`` style): each method of
+        ``handlers`` named ``on_<event>`` handles ``<event>`` (``on_connect``, ``on_disconnect``,
+        ``on_detach``, ``on_recover``, ``on_any`` and ``on_any_outgoing`` are those hooks), on the
+        namespace ``name``. Events whose names are not Python identifiers (``call:start``) are
+        registered with :meth:`Namespace.on` or handled by ``on_any``."""
+        ns = self.of(name)
+        hooks = {"on_connect": ns.on_connect, "on_disconnect": ns.on_disconnect, "on_detach": ns.on_detach,
+                 "on_recover": ns.on_recover, "on_any": ns.on_any, "on_any_outgoing": ns.on_any_outgoing}
+        for attr in dir(handlers):
+            fn = getattr(handlers, attr)
+            if not attr.startswith("on_") or attr.startswith("on__") or not callable(fn):
+                continue
+            if attr in hooks:
+                hooks[attr](fn)
+            else:
+                ns.on(attr[3:])(fn)
+        return ns
+
+    def on_any_outgoing(self, fn: Handler) -> Handler:
+        """``fn(socket, event, args)`` for every event emitted to any socket (see
+        :meth:`Namespace.on_any_outgoing`)."""
+        self._outgoing.append(fn)
+        return fn
+
+    def to(self, *rooms: str | Iterable[str]) -> Broadcast:
+        """The default namespace's sockets in these rooms (see :class:`Broadcast`)."""
+        return self.namespaces["/"].to(*rooms)
+
+    in_ = to
+
+    def except_(self, *rooms: str | Iterable[str]) -> Broadcast:
+        """The default namespace's sockets but those in these rooms."""
+        return self.namespaces["/"].except_(*rooms)
+
+    def timeout(self, seconds: float) -> Broadcast:
+        """The default namespace's sockets, for :meth:`Broadcast.emit_with_ack`."""
+        return self.namespaces["/"].timeout(seconds)
+
+    async def fetch_sockets(self) -> list[Socket]:
+        """The default namespace's sockets."""
+        return await self.namespaces["/"].fetch_sockets()
+
+    async def disconnect_sockets(self) -> None:
+        """Disconnect every socket of the default namespace."""
+        await self.namespaces["/"].disconnect_sockets()
 
     # The default namespace's registration, for brevity.
     def on(self, event: str, *, raw: bool = False) -> Callable[[Handler], Handler]:
@@ -649,6 +792,8 @@ class SocketIO:
     async def _connect(self, client: _Client, packet: Packet) -> None:
         name = packet.namespace
         ns = self.namespaces.get(name)
+        if ns is None and self._parents:
+            ns = await self._child(name, {} if packet.data is None else packet.data)
         if ns is None:
             client.send_packet([encode_packet(PacketType.CONNECT_ERROR, name, {"message": "Invalid namespace"})])
             return
@@ -788,4 +933,4 @@ class SocketIO:
                 ack_args = list(result)
             else:
                 ack_args = [result]
-            sock.client.send_packet(_ack_messages(ns.name, ack_args, ack_id))
+            sock.client.send_packet(encode_ack(ns.name, ack_args, ack_id))

@@ -10,7 +10,9 @@ from .packet import (
     Packet,
     PacketType,
     SocketIOProtocolError,
+    encode_ack,
     encode_binary_packet,
+    encode_event,
     encode_packet,
     has_binary,
 )
@@ -26,7 +28,9 @@ __all__ = [
     "PacketType",
     "SocketIOProtocolError",
     "SocketIOSession",
+    "encode_ack",
     "encode_binary_packet",
+    "encode_event",
     "encode_packet",
     "has_binary",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -25,6 +26,8 @@ __all__ = [
     "Decoder",
     "encode_packet",
     "encode_binary_packet",
+    "encode_event",
+    "encode_ack",
     "RESERVED_EVENTS",
     "MAX_ATTACHMENTS",
     "MAX_ACK_ID_DIGITS",
@@ -285,3 +288,18 @@ def encode_binary_packet(
     btype = PacketType.BINARY_EVENT if ptype is PacketType.EVENT else PacketType.BINARY_ACK
     head = f"{btype.value}{len(buffers)}-" + _header(btype, namespace, ack_id)[1:]
     return [head + _encoder.encode(stripped).decode("utf-8"), *buffers]
+
+
+def encode_event(namespace: str, event: str, args: Iterable[Any], ack_id: int | None = None) -> list[str | bytes]:
+    """An EVENT (a BINARY_EVENT if an argument holds bytes) as the Engine.IO messages that carry it."""
+    data = [event, *args]
+    if has_binary(data):
+        return encode_binary_packet(PacketType.EVENT, namespace, data, ack_id)
+    return [encode_packet(PacketType.EVENT, namespace, data, ack_id)]
+
+
+def encode_ack(namespace: str, args: list[Any], ack_id: int) -> list[str | bytes]:
+    """An ACK (a BINARY_ACK if an argument holds bytes) as the Engine.IO messages that carry it."""
+    if has_binary(args):
+        return encode_binary_packet(PacketType.ACK, namespace, args, ack_id)
+    return [encode_packet(PacketType.ACK, namespace, args, ack_id)]
