@@ -144,8 +144,9 @@ class Connection:
         """Answer one request. True: the connection may carry another; False: close it; or the
         WebSocket it became."""
         server = self.server
-        path, engine = request_path(request, server.config.path)
-        if not engine:
+        path = request_path(request)
+        app = server.app_at(path)
+        if app is None:
             try:
                 await self.drain_body(0)
             except HTTPError as err:
@@ -164,11 +165,11 @@ class Connection:
                 await self.respond(204, preflight_headers(request, cors), b"")
                 return True
             if kind == "websocket":
-                return await open_websocket(server, self, request, target.sid, base64=target.base64) or False
+                return await open_websocket(server, self, app, request, target.sid, base64=target.base64) or False
             if kind == "open":
-                return await polling.open_polling(server, self, request, cors, base64=target.base64)
+                return await polling.open_polling(server, self, app, request, cors, base64=target.base64)
             sock = server.sessions.get(target.sid or "")
-            if sock is None:
+            if sock is None or sock.app is not app:
                 raise server.unknown_session(target.sid or "", self.address)
             if kind == "poll":
                 return await polling.poll(self, sock, cors)

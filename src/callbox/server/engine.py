@@ -58,7 +58,9 @@ class EngineApp(Protocol):
 
 
 class EngineServer:
-    """Serves one Engine.IO application on one port."""
+    """Serves an Engine.IO application on one port, at ``config.path``, and others at their own
+    paths (``mounts``: path -> application; two Socket.IO apps, or one and a raw Engine.IO app, as
+    Node mounts several servers on one HTTP server)."""
 
     # Bytes read from a socket at once: one read takes a typical burst of small frames.
     RECEIVE_SIZE = 64 * 1024
@@ -66,9 +68,17 @@ class EngineServer:
     # much), so that our close reaches it instead of a reset.
     LINGER, LINGER_BYTES = 1.0, 1 << 20
 
-    def __init__(self, app: EngineApp, config: Config, metrics: Registry | None = None) -> None:
+    def __init__(self, app: EngineApp, config: Config, metrics: Registry | None = None, *,
+                 mounts: dict[str, EngineApp] | None = None) -> None:
         self.app = app
         self.config = config
+        self.apps: dict[str, EngineApp] = {config.path: app}  # by Engine.IO path
+        for path, other in (mounts or {}).items():
+            if not path.startswith("/") or not path.endswith("/"):
+                raise ValueError(f"a mount path starts and ends with '/', got {path!r}")
+            if path in self.apps:
+                raise ValueError(f"two applications at {path!r}")
+            self.apps[path] = other
         self.sessions: dict[str, EngineSocket] = {}  # by Engine.IO session id
         self.metrics = metrics or getattr(app, "metrics", None) or Registry()
         self.draining = False
@@ -112,8 +122,16 @@ class EngineServer:
         """Why this server should not get new clients now (/readyz's 503), or None."""
         if self.draining:
             return "draining"
-        check = getattr(self.app, "unready", None)
-        return None if check is None else check()
+        for app in self.apps.values():
+            check = getattr(app, "unready", None)
+            if check is not None and (why := check()) is not None:
+                return str(why)
+        return None
+
+    def app_at(self, path: str) -> EngineApp | None:
+        """The application served at ``path`` (with or without its final slash), if any."""
+        app = self.apps.get(path)
+        return app if app is not None else self.apps.get(path + "/")
 
     def _count_transports(self) -> dict[tuple[str, ...], float]:
         counts: dict[tuple[str, ...], float] = {("polling",): 0.0, ("websocket",): 0.0}
@@ -137,7 +155,8 @@ class EngineServer:
             serving = [trio.SSLListener(lst, context, https_compatible=True) for lst in listeners]
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self.app.run)
+            for app in self.apps.values():
+                nursery.start_soon(app.run)
             with trio.CancelScope() as self._accept_scope:
                 # Connections live in the server nursery, not the accept loop's, so that stopping
                 # the accept loop (at shutdown) leaves open connections to close cleanly.
@@ -157,9 +176,10 @@ class EngineServer:
         self.draining = True
         if self._accept_scope is not None:
             self._accept_scope.cancel()
-        shutdown = getattr(self.app, "shutdown", None)
-        if shutdown is not None:
-            await (shutdown(handover=True) if handover else shutdown())
+        for app in self.apps.values():
+            shutdown = getattr(app, "shutdown", None)
+            if shutdown is not None:
+                await (shutdown(handover=True) if handover else shutdown())
         reason = CloseReason.HANDOVER if handover else CloseReason.SERVER_SHUTDOWN
         for sock in list(self.sessions.values()):
             sock.close(reason)
@@ -181,20 +201,21 @@ class EngineServer:
 
     # -- sessions ---------------------------------------------------------------------------
 
-    async def handshake(self, conn: Connection, request: h11.Request) -> tuple[Handshake, list[tuple[str, str]]]:
+    async def handshake(self, app: EngineApp, conn: Connection,
+                        request: h11.Request) -> tuple[Handshake, list[tuple[str, str]]]:
         """A request for a new session: what the application sees of it, once it allowed it (its
         ``admit(handshake)``: False refuses with 403), and the headers it adds to the answer
         (its ``handshake_headers(handshake)``: cookies for sticky sessions, say)."""
         handshake = Handshake(request.target, request.headers, conn.address, isinstance(conn.stream, trio.SSLStream))
-        allow = getattr(self.app, "admit", None)
+        allow = getattr(app, "admit", None)
         if allow is not None and not await allow(handshake):
             log.info("request not allowed by the application", extra={"fields": {"remote": conn.address}})
             raise HTTPError(403, FORBIDDEN, refused="not_allowed")
-        headers = getattr(self.app, "handshake_headers", None)
+        headers = getattr(app, "handshake_headers", None)
         return handshake, ([] if headers is None else headers(handshake))
 
     def new_session(self, address: str, *, websocket: bool, base64: bool = False,
-                    handshake: Handshake | None = None) -> EngineSocket:
+                    handshake: Handshake | None = None, app: EngineApp | None = None) -> EngineSocket:
         cfg = self.config
         while (sid := secrets.token_urlsafe(15)) in self.sessions:  # 120 random bits
             pass
@@ -203,7 +224,7 @@ class EngineServer:
             ping_interval=cfg.ping_interval, ping_timeout=cfg.ping_timeout, max_outbox_bytes=cfg.max_outbox,
             event_rate=cfg.event_rate, event_burst=cfg.event_burst, base64=base64,
         )
-        return EngineSocket(self, core, address, handshake)
+        return EngineSocket(self, core, address, handshake, self.app if app is None else app)
 
     async def start_session(self, sock: EngineSocket) -> None:
         """Register the session, start its task (over polling; a WebSocket's reader runs the
@@ -216,7 +237,7 @@ class EngineServer:
         log.info("session opened", extra={"fields": {"sid": sock.sid, "remote": sock.remote_address,
                                                      "transport": sock.transport}})
         try:
-            await self.app.on_open(sock)
+            await sock.app.on_open(sock)
         except Exception:
             log.exception("open handler failed for session %s", sock.sid)
             sock.lose(CloseReason.TRANSPORT_ERROR)
@@ -234,7 +255,7 @@ class EngineServer:
                                                      "reason": reason.value}})
         self._closing += 1
         try:
-            await self.app.on_close(sock, reason)
+            await sock.app.on_close(sock, reason)
         except Exception:
             log.exception("close handler failed for session %s", sid)
         finally:
@@ -244,7 +265,7 @@ class EngineServer:
 
     async def deliver(self, sock: EngineSocket, message: str | bytes) -> None:
         try:
-            await self.app.on_message(sock, message)
+            await sock.app.on_message(sock, message)
         except Exception:
             # A handler's exception closes its own session, never the server.
             log.exception("message handler failed for session %s", sock.sid)

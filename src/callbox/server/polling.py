@@ -15,7 +15,7 @@ from .session import EngineSocket, apply, batched_writes
 
 if TYPE_CHECKING:
     from .connection import Connection
-    from .engine import EngineServer
+    from .engine import EngineApp, EngineServer
 
 __all__ = ["open_polling", "poll", "post"]
 
@@ -24,13 +24,13 @@ log = logging.getLogger("callbox.engine")
 _TEXT = [("Content-Type", "text/plain; charset=UTF-8")]
 
 
-async def open_polling(server: EngineServer, conn: Connection, request: h11.Request, cors: list[tuple[str, str]], *,
-                       base64: bool) -> bool:
-    """The handshake: a new session, its open packet as the answer."""
+async def open_polling(server: EngineServer, conn: Connection, app: EngineApp, request: h11.Request,
+                       cors: list[tuple[str, str]], *, base64: bool) -> bool:
+    """The handshake: a new session of ``app``, its open packet as the answer."""
     await conn.drain_body(0)
     server.admission.admit_session(conn.address, trio.current_time())
-    handshake, extra = await server.handshake(conn, request)
-    sock = server.new_session(conn.address, websocket=False, base64=base64, handshake=handshake)
+    handshake, extra = await server.handshake(app, conn, request)
+    sock = server.new_session(conn.address, websocket=False, base64=base64, handshake=handshake, app=app)
     body = sock.core.handshake_packet(upgrades=["websocket"], max_payload=server.config.max_payload).encode()
     await server.start_session(sock)
     await conn.respond(200, [*cors, *_TEXT, *extra], body)

@@ -73,10 +73,9 @@ class Route(NamedTuple):
     base64: bool = False  # b64=1: the client wants binary messages as text (forceBase64)
 
 
-def request_path(request: h11.Request, engine_path: str) -> tuple[str, bool]:
-    """The request's path, and whether it is the Engine.IO path (with or without its slash)."""
-    path = request.target.decode("latin-1").partition("?")[0]
-    return path, path == engine_path or path == engine_path.rstrip("/")
+def request_path(request: h11.Request) -> str:
+    """The request's path (the target without its query)."""
+    return request.target.decode("latin-1").partition("?")[0]
 
 
 def route(request: h11.Request, *, draining: bool) -> Route:

@@ -37,7 +37,7 @@ from .http import Handshake
 from .wsframe import WSCodec
 
 if TYPE_CHECKING:
-    from .engine import EngineServer
+    from .engine import EngineApp, EngineServer
 
 __all__ = ["EngineSocket", "apply", "batched_writes", "flush_websocket", "run_session", "tick"]
 
@@ -52,13 +52,14 @@ class EngineSocket:
 
     __slots__ = (
         "core", "server", "remote_address", "state", "_limited", "_lot", "_ws", "_stream", "_fd", "_leftover",
-        "_batched", "_ws_scope", "_probe", "_wlock", "_write_scope", "_wait_scope", "_polling_born", "handshake",
+        "_batched", "_ws_scope", "_probe", "_wlock", "_write_scope", "_wait_scope", "_polling_born", "handshake", "app",
     )
 
     def __init__(self, server: EngineServer, core: EngineSession, remote_address: str,
-                 handshake: Handshake | None = None) -> None:
+                 handshake: Handshake | None = None, app: EngineApp | None = None) -> None:
         self.core = core
         self.server = server
+        self.app: EngineApp = server.app if app is None else app  # the application it belongs to
         self.remote_address = remote_address
         # The request that opened it (tests that make sessions without one: an empty GET /).
         self.handshake = handshake or Handshake(b"/", [], remote_address, False)

@@ -35,7 +35,7 @@ from .wsframe import (
 
 if TYPE_CHECKING:
     from .connection import Connection
-    from .engine import EngineServer
+    from .engine import EngineApp, EngineServer
 
 __all__ = ["open_websocket", "read_websocket", "run_websocket_session"]
 
@@ -46,7 +46,8 @@ CONTROL_TIMEOUT = 1.0
 
 
 async def open_websocket(
-    server: EngineServer, conn: Connection, request: h11.Request, sid: str | None, *, base64: bool = False
+    server: EngineServer, conn: Connection, app: EngineApp, request: h11.Request, sid: str | None, *,
+    base64: bool = False,
 ) -> tuple[EngineSocket, WSCodec] | None:
     """Answer 101 and return the session this WebSocket carries or probes for (None: refused).
     ``base64``: a new session sends its binary messages as text (``b64=1``)."""
@@ -56,11 +57,11 @@ async def open_websocket(
     extra: list[tuple[str, str]] = []
     if sid is not None:
         sock = server.sessions.get(sid)
-        if sock is None:
+        if sock is None or sock.app is not app:
             raise server.unknown_session(sid, conn.address)
     else:
         server.admission.admit_session(conn.address, trio.current_time())
-        handshake, extra = await server.handshake(conn, request)
+        handshake, extra = await server.handshake(app, conn, request)
     await conn.drain_body(0)
     cfg = server.config
     headers = [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"), (b"Sec-WebSocket-Accept", accept_token(key)),
@@ -69,7 +70,7 @@ async def open_websocket(
     ws: WSCodec = CODECS[cfg.ws_codec](cfg.max_payload, bytes(conn.h11.trailing_data[0]))
     stream = conn.stream
     if sock is None:
-        sock = server.new_session(conn.address, websocket=True, base64=base64, handshake=handshake)
+        sock = server.new_session(conn.address, websocket=True, base64=base64, handshake=handshake, app=app)
         opening = sock.core.handshake_packet(upgrades=[], max_payload=cfg.max_payload)
         await stream.send_all(head + ws.message(opening))  # the 101 and the open packet: one write
         sock.carry(ws, stream)
