@@ -59,6 +59,8 @@ Handler = Callable[..., Any]
 RECOVERABLE: Final = CONNECTION_LOST | {CloseReason.CLIENT_CLOSE}
 # Why a recovery attempt got a fresh socket (the recoveries metric's results).
 RECOVERY_RESULTS: Final = ("recovered", "unknown", "expired_offset", "throttled", "declined")
+# An HTTP header name (RFC 9110's token).
+_TOKEN: Final = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 class ConnectionRefused(Exception):
@@ -647,9 +649,11 @@ class SocketIO:
         return fn
 
     def initial_headers(self, fn: Handler) -> Handler:
-        """Decorator: ``fn(handshake)`` returns headers (a list of (name, value), or a dict) added to
-        the answer that opens a connection (the polling handshake, or the WebSocket 101): a cookie
-        that pins the client to this node behind a load balancer, say."""
+        """Decorator: ``fn(handshake)`` (may be async) returns headers (a list of (name, value), or a
+        dict) added to the answer that opens a connection (the polling handshake, or the WebSocket
+        101): a cookie that pins the client to this node behind a load balancer, say. If it raises,
+        or returns a header that is not one (a name that is not a token, a value with a line
+        break), the request is refused (403) and the error logged."""
         self._initial_headers = fn
         return fn
 
@@ -663,14 +667,22 @@ class SocketIO:
             log.exception("allow_request failed: the request is refused")
             return False
 
-    def handshake_headers(self, handshake: Handshake) -> list[tuple[str, str]]:
+    async def handshake_headers(self, handshake: Handshake) -> list[tuple[str, str]] | None:
         """The Engine.IO server asks for the headers of a new connection's answer (see
-        :meth:`initial_headers`)."""
+        :meth:`initial_headers`); None refuses the request."""
         if self._initial_headers is None:
             return []
-        headers = self._initial_headers(handshake)
-        items = headers.items() if isinstance(headers, dict) else headers
-        return [(str(name), str(value)) for name, value in items]
+        try:
+            headers = await _call(self._initial_headers, handshake)
+            items = headers.items() if isinstance(headers, dict) else headers
+            out = [(str(name), str(value)) for name, value in items]
+            for name, value in out:
+                if not _TOKEN.fullmatch(name) or any(c in value for c in "\r\n\x00"):
+                    raise ValueError(f"not an HTTP header: {name!r}: {value!r}")
+        except Exception:
+            log.exception("initial_headers failed: the request is refused")
+            return None
+        return out
 
     def unready(self) -> str | None:
         """Why /readyz answers 503 (the first readiness check that says so), or None."""

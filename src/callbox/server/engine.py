@@ -54,7 +54,8 @@ class EngineApp(Protocol):
 
     # Optional: ``unready() -> str | None``, why /readyz should answer 503 (None: ready);
     # ``async admit(handshake) -> bool``, whether a new session may open (False: 403);
-    # ``handshake_headers(handshake) -> list[(name, value)]``, headers added to a new session's answer.
+    # ``async handshake_headers(handshake) -> list[(name, value)] | None``, headers added to a new
+    # session's answer (None: refused, 403).
 
 
 class EngineServer:
@@ -211,8 +212,11 @@ class EngineServer:
         if allow is not None and not await allow(handshake):
             log.info("request not allowed by the application", extra={"fields": {"remote": conn.address}})
             raise HTTPError(403, FORBIDDEN, refused="not_allowed")
-        headers = getattr(app, "handshake_headers", None)
-        return handshake, ([] if headers is None else headers(handshake))
+        make_headers = getattr(app, "handshake_headers", None)
+        headers = [] if make_headers is None else await make_headers(handshake)
+        if headers is None:
+            raise HTTPError(403, FORBIDDEN, refused="not_allowed")
+        return handshake, headers
 
     def new_session(self, address: str, *, websocket: bool, base64: bool = False,
                     handshake: Handshake | None = None, app: EngineApp | None = None) -> EngineSocket:
