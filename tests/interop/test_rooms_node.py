@@ -565,10 +565,9 @@ async def test_dynamic_namespaces(start_server: StartServer, nursery: trio.Nurse
 
 
 
-# -- dynamic namespaces at their edges (server bugs found here: xfail until fixed) -----------------
+# -- dynamic namespaces at their edges (each was a server bug, fixed) ----------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: a refused connect leaves its child namespace for good")
 async def test_refused_connects_leave_no_child_namespace(start_server: StartServer, nursery: trio.Nursery) -> None:
     """A client refused by a dynamic namespace's connect handler leaves nothing behind: the child
     made for it goes (else any client can fill app.namespaces with names of its choosing)."""
@@ -591,7 +590,6 @@ async def test_refused_connects_leave_no_child_namespace(start_server: StartServ
     await node.end()
 
 
-@pytest.mark.xfail(strict=True, reason="server gap: parent.to(room).emit reaches no child (Node's reaches them)")
 async def test_parent_room_emit_reaches_children(start_server: StartServer, nursery: trio.Nursery) -> None:
     """parent.to(room).emit reaches the sockets in that room of every child (Node's parent
     namespace broadcasts through each child's adapter)."""
@@ -615,7 +613,6 @@ async def test_parent_room_emit_reaches_children(start_server: StartServer, nurs
     await node.end()
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: a socket accepted while its child went lands in an orphan")
 async def test_slow_connect_while_the_child_goes(start_server: StartServer, nursery: trio.Nursery) -> None:
     """A client whose connect handler is still running when the child's last socket ends is
     served by the namespace the app holds: the parent's emit reaches it, with the next client."""

@@ -228,6 +228,8 @@ class Socket:
         if room not in self.rooms:
             self.rooms.add(room)
             self.namespace.rooms[room].add(self)
+            if self.namespace._app_hooks.changes:
+                _changed(self, "join", room)
 
     def leave(self, room: str) -> None:
         if room in self.rooms:
@@ -237,6 +239,8 @@ class Socket:
                 members.discard(self)
                 if not members:
                     del self.namespace.rooms[room]
+            if self.namespace._app_hooks.changes:
+                _changed(self, "leave", room)
 
     async def disconnect(self) -> None:
         """Disconnect this socket from its namespace (the Engine.IO session stays open). A detached
@@ -289,7 +293,9 @@ class Namespace:
         self._any: Handler | None = None
         self._middleware: list[Handler] = []
         self._outgoing: list[Handler] = []
-        self._app_outgoing: list[Handler] = []  # the app's, shared by every namespace
+        self._app_hooks = _AppHooks()  # the app's, shared by every namespace
+        self.is_parent = False  # a parent namespace (SocketIO.of with a pattern or a function)
+        self._connecting = 0  # CONNECTs being decided (a child goes only when none is)
         self.parent: Namespace | None = None  # a child's (see SocketIO.of)
         self.children: dict[str, Namespace] = {}  # a parent's
 
@@ -298,7 +304,7 @@ class Namespace:
         child = Namespace(name)
         child.parent = self
         child._handlers, child._middleware, child._outgoing = self._handlers, self._middleware, self._outgoing
-        child._app_outgoing = self._app_outgoing
+        child._app_hooks = self._app_hooks
         child._connect, child._disconnect, child._detach = self._connect, self._disconnect, self._detach
         child._recover, child._any = self._recover, self._any
         self.children[name] = child
@@ -362,7 +368,8 @@ class Namespace:
 
     def outgoing_hooks(self) -> list[Handler]:
         """This namespace's outgoing hooks, then the app's (:meth:`SocketIO.on_any_outgoing`)."""
-        return self._outgoing + self._app_outgoing if self._app_outgoing else self._outgoing
+        app = self._app_hooks.outgoing
+        return self._outgoing + app if app else self._outgoing
 
     # -- emitting -------------------------------------------------------------------------------
 
@@ -383,9 +390,7 @@ class Namespace:
     def emit(self, event: str, *args: Any, room: str | None = None, skip: Socket | None = None) -> int:
         """Send to every socket (or those in ``room``) but ``skip``; see :class:`Broadcast` for
         more (several rooms, rooms excluded, acks). Returns the count. A parent namespace's emit
-        is each child's."""
-        if self.children:
-            return sum(child.emit(event, *args, room=room, skip=skip) for child in list(self.children.values()))
+        reaches its children's sockets."""
         targets = Broadcast(self) if room is None else Broadcast(self).to(room)
         return (targets.except_(skip.id) if skip is not None else targets).emit(event, *args)
 
@@ -398,12 +403,40 @@ class Namespace:
         await Broadcast(self).disconnect_sockets()
 
 
-def _run_hooks(hooks: list[Handler], socket: Socket, event: str, args: tuple[Any, ...]) -> None:
+class _AppHooks:
+    """The app's hooks that every namespace runs (see :meth:`SocketIO.on_any_outgoing` and after)."""
+
+    __slots__ = ("changes", "incoming", "outgoing")
+
+    def __init__(self) -> None:
+        self.outgoing: list[Handler] = []
+        self.incoming: list[Handler] = []
+        self.changes: list[Handler] = []
+
+
+def _changed(socket: Socket, change: str, detail: Any) -> None:
+    for fn in socket.namespace._app_hooks.changes:
+        try:
+            fn(change, socket, detail)
+        except Exception:
+            log.exception("socket change hook failed for socket %s", socket.id)
+
+
+def _run_hooks(hooks: list[Handler], socket: Socket, event: str, args: Iterable[Any]) -> None:
     for fn in hooks:
         try:
             fn(socket, event, args)
         except Exception:
             log.exception("outgoing hook failed for socket %s", socket.id)
+
+
+def _drop_if_unused(ns: Namespace, app: SocketIO) -> None:
+    """A child namespace goes once it has no socket and no CONNECT to it is being decided."""
+    parent = ns.parent
+    if parent is not None and not ns.sockets and not ns._connecting and parent.children.get(ns.name) is ns:
+        del parent.children[ns.name]
+        if app.namespaces.get(ns.name) is ns:
+            del app.namespaces[ns.name]
 
 
 async def _call(fn: Handler, *args: Any) -> Any:
@@ -478,12 +511,9 @@ async def _end_socket(sock: Socket, reason: str) -> None:
         ns.by_pid.pop(sock.pid, None)
     for room in list(sock.rooms):
         sock.leave(room)
-    parent = ns.parent
-    if parent is not None and not ns.sockets and parent.children.get(ns.name) is ns:
-        del parent.children[ns.name]  # a child namespace goes with its last socket
-        server = sock.client.server
-        if server.namespaces.get(ns.name) is ns:
-            del server.namespaces[ns.name]
+    if ns._app_hooks.changes:
+        _changed(sock, "disconnect", reason)
+    _drop_if_unused(ns, sock.client.server)
     if ns._disconnect is not None:
         try:
             await _call(ns._disconnect, sock, reason)
@@ -507,9 +537,9 @@ class SocketIO:
     def __init__(self, config: Config | None = None) -> None:
         self.config = config or Config()
         self.metrics = MetricsRegistry()  # served at /metrics with the server's own
-        self._outgoing: list[Handler] = []  # every namespace's outgoing hooks
+        self._hooks = _AppHooks()  # shared by every namespace
         self.namespaces: dict[str, Namespace] = {"/": Namespace("/")}
-        self.namespaces["/"]._app_outgoing = self._outgoing
+        self.namespaces["/"]._app_hooks = self._hooks
         self._parents: list[tuple[re.Pattern[str] | Handler, Namespace]] = []
         self._pending: collections.deque[_Client] = collections.deque()
         self._pending_lot = trio.lowlevel.ParkingLot()
@@ -535,11 +565,16 @@ class SocketIO:
         ``of(fn)`` with ``fn(name, auth) -> bool`` (may be async) gives one. A client that connects
         to a name a parent matches gets a child namespace of that name, which has the parent's
         handlers and middleware (register them before clients come); a child goes when its last
-        socket does (Node's dynamic namespaces). The parent's :meth:`Namespace.emit` reaches every
-        child."""
+        socket does (Node's dynamic namespaces). What is sent through the parent (``emit``, ``to``,
+        :class:`Broadcast`) reaches the children's sockets.
+
+        The matcher is asked only for a name that has no namespace yet: it decides which
+        namespaces may exist, not who may connect to one (that is for middleware, or the connect
+        handler)."""
         if not isinstance(name, str):
             parent = Namespace(f"<parent {getattr(name, 'pattern', name)!r}>")
-            parent._app_outgoing = self._outgoing
+            parent._app_hooks = self._hooks
+            parent.is_parent = True
             self._parents.append((name, parent))
             return parent
         if not name.startswith("/"):
@@ -547,7 +582,7 @@ class SocketIO:
         ns = self.namespaces.get(name)
         if ns is None:
             ns = self.namespaces[name] = Namespace(name)
-            ns._app_outgoing = self._outgoing
+            ns._app_hooks = self._hooks
         return ns
 
     async def _child(self, name: str, auth: Any) -> Namespace | None:
@@ -588,7 +623,20 @@ class SocketIO:
     def on_any_outgoing(self, fn: Handler) -> Handler:
         """``fn(socket, event, args)`` for every event emitted to any socket (see
         :meth:`Namespace.on_any_outgoing`)."""
-        self._outgoing.append(fn)
+        self._hooks.outgoing.append(fn)
+        return fn
+
+    def on_any_incoming(self, fn: Handler) -> Handler:
+        """``fn(socket, event, args)`` for every event any client sends, before its handler runs
+        (``args`` decoded from JSON; for logs, metrics, the admin UI; it runs inline)."""
+        self._hooks.incoming.append(fn)
+        return fn
+
+    def on_socket_change(self, fn: Handler) -> Handler:
+        """``fn(change, socket, detail)`` when a socket of any namespace changes: ``"connect"``
+        (detail None), ``"disconnect"`` (the reason), ``"join"`` / ``"leave"`` (the room). It runs
+        inline; its exceptions are logged."""
+        self._hooks.changes.append(fn)
         return fn
 
     def to(self, *rooms: str | Iterable[str]) -> Broadcast:
@@ -810,7 +858,17 @@ class SocketIO:
             client.send_packet([encode_packet(PacketType.CONNECT_ERROR, name, {"message": "Invalid namespace"})])
             return
         if not client.core.connect(name):
+            _drop_if_unused(ns, self)
             return  # already connected, or being decided: socket.io ignores a repeated CONNECT
+        ns._connecting += 1
+        try:
+            await self._connect_to(client, ns, packet)
+        finally:
+            ns._connecting -= 1
+            _drop_if_unused(ns, self)
+
+    async def _connect_to(self, client: _Client, ns: Namespace, packet: Packet) -> None:
+        name = ns.name
         # No CONNECT payload is an empty one, as in Node (the handlers get {}).
         auth = {} if packet.data is None else packet.data
         sock = Socket(ns, client, auth)
@@ -855,6 +913,8 @@ class SocketIO:
             ns.by_pid[sock.pid] = sock
             answer["pid"] = sock.pid
         client.send_packet([encode_packet(PacketType.CONNECT, name, answer)])
+        if self._hooks.changes:
+            _changed(sock, "connect", None)
         for event, args in early:
             sock.emit(event, *args)
 
@@ -926,6 +986,9 @@ class SocketIO:
         entry = ns._handlers.get(name)
         sock.ack_requested = packet.id is not None
         sock._ack_id = packet.id
+        if ns._app_hooks.incoming:
+            shown = data if packet.type is PacketType.BINARY_EVENT else [_json.decode(a) for a in data]
+            _run_hooks(ns._app_hooks.incoming, sock, name, shown)
         try:
             if entry is not None:
                 fn, raw = entry

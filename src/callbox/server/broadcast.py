@@ -63,7 +63,12 @@ class Broadcast:
         return Broadcast(self.namespace, self.rooms, self.excluded, seconds)
 
     def targets(self) -> list[Socket]:
-        """The sockets this names, now (this node's)."""
+        """The sockets this names, now (this node's); of a parent namespace, its children's."""
+        if self.namespace.is_parent:
+            found: list[Socket] = []
+            for child in list(self.namespace.children.values()):
+                found.extend(Broadcast(child, self.rooms, self.excluded, self.seconds).targets())
+            return found
         ns = self.namespace
         if self.rooms:
             chosen: dict[str, Socket] = {}
@@ -88,19 +93,17 @@ class Broadcast:
     def emit(self, event: str, *args: Any) -> int:
         """Send to each; encoded once (with connection state recovery on, once per socket, each with
         its own offset). Returns how many it was sent to."""
-        targets = self.targets()
         sent = 0
-        if not targets:
-            return 0
-        if targets[0]._kept is not None or self.namespace.outgoing_hooks():
-            for sock in targets:
-                if sock.emit(event, *args):
-                    sent += 1
-            return sent
-        encoded = encode_event(self.namespace.name, event, args)
-        for sock in targets:
-            if sock.send_raw(encoded):
-                sent += 1
+        encoded: dict[str, list[str | bytes]] = {}  # by namespace (a parent's reach several)
+        for sock in self.targets():
+            ns = sock.namespace
+            if sock._kept is not None or ns.outgoing_hooks():
+                sent += sock.emit(event, *args)
+                continue
+            messages = encoded.get(ns.name)
+            if messages is None:
+                messages = encoded[ns.name] = encode_event(ns.name, event, args)
+            sent += sock.send_raw(messages)
         return sent
 
     async def emit_with_ack(self, event: str, *args: Any) -> dict[str, tuple[Any, ...]]:
