@@ -43,7 +43,7 @@ from ..socketio.recovery import RecoveryBuffer, missed_offset
 from ..socketio.session import SocketIOSession
 from .broadcast import Broadcast
 from .http import Handshake
-from .session import EngineSocket
+from .session import EngineSocket, flush_writes
 
 __all__ = ["SocketIO", "Namespace", "Socket", "Ack", "Broadcast", "ConnectionRefused", "DisconnectReason",
            "Handshake"]
@@ -200,6 +200,7 @@ class Socket:
         client.acks[ack_id] = send
         try:
             client.send_packet(encode_event(self.namespace.name, event, args, ack_id))
+            flush_writes()  # from a handler: what it sent goes out before it waits for the answer
             wait = client.server.config.ack_timeout if timeout is None else timeout
             with trio.fail_after(wait):
                 return await receive.receive()
