@@ -22,7 +22,7 @@ async def test_an_async_initial_headers_is_awaited(start_server: StartServer) ->
 
     @app.initial_headers
     async def headers(handshake: callbox.Handshake) -> dict[str, str]:
-        await trio.sleep(0)
+        await trio.lowlevel.checkpoint()
         return {"Set-Cookie": "node=n1; Path=/"}
 
     port = await start_server(app)
