@@ -79,3 +79,8 @@ def test_a_broken_internal_link_is_found(tmp_path: Path) -> None:
         "index.html: ../outside.html (outside the reference)",
     ]
     assert links.external == ["https://example.org/x"]
+
+
+def test_every_public_name_has_a_docstring() -> None:
+    gaps = api_docs.docstring_gaps()
+    assert gaps.required == [], "\n".join(gaps.required)

@@ -117,6 +117,7 @@ class Socket:
 
     @property
     def connected(self) -> bool:
+        """Connected to its namespace now (not detached, not ended)."""
         return self.client.sockets.get(self.namespace.name) is self
 
     @property
@@ -126,6 +127,7 @@ class Socket:
 
     @property
     def transport(self) -> str:
+        """"websocket" or "polling": what its connection runs on now."""
         return self.client.esock.transport
 
     @property
@@ -147,6 +149,7 @@ class Socket:
 
     @property
     def remote_address(self) -> str:
+        """The client's address (past trusted proxies)."""
         return self.client.esock.remote_address
 
     def emit(self, event: str, *args: Any) -> bool:
@@ -226,6 +229,7 @@ class Socket:
         return Broadcast(self.namespace).except_(self.id)
 
     def join(self, room: str) -> None:
+        """Join ``room`` (no-op if in it already)."""
         if room not in self.rooms:
             self.rooms.add(room)
             self.namespace.rooms[room].add(self)
@@ -233,6 +237,7 @@ class Socket:
                 _changed(self, "join", room)
 
     def leave(self, room: str) -> None:
+        """Leave ``room`` (no-op if not in it); an empty room goes."""
         if room in self.rooms:
             self.rooms.discard(room)
             members = self.namespace.rooms.get(room)
@@ -664,18 +669,23 @@ class SocketIO:
 
     # The default namespace's registration, for brevity.
     def on(self, event: str, *, raw: bool = False) -> Callable[[Handler], Handler]:
+        """The default namespace's :meth:`Namespace.on`."""
         return self.namespaces["/"].on(event, raw=raw)
 
     def on_connect(self, fn: Handler) -> Handler:
+        """The default namespace's :meth:`Namespace.on_connect`."""
         return self.namespaces["/"].on_connect(fn)
 
     def on_disconnect(self, fn: Handler) -> Handler:
+        """The default namespace's :meth:`Namespace.on_disconnect`."""
         return self.namespaces["/"].on_disconnect(fn)
 
     def on_any(self, fn: Handler) -> Handler:
+        """The default namespace's :meth:`Namespace.on_any`."""
         return self.namespaces["/"].on_any(fn)
 
     def emit(self, event: str, *args: Any, room: str | None = None, skip: Socket | None = None) -> int:
+        """The default namespace's :meth:`Namespace.emit`."""
         return self.namespaces["/"].emit(event, *args, room=room, skip=skip)
 
     def on_shutdown(self, fn: Handler) -> Handler:
@@ -809,12 +819,14 @@ class SocketIO:
                 client.esock.close(CloseReason.TRANSPORT_CLOSE)
 
     async def on_open(self, esock: EngineSocket) -> None:
+        """Engine.IO hook: a session opened (it must CONNECT a namespace within ``connect_timeout``)."""
         client = _Client(self, esock)
         esock.state = client
         self._pending.append(client)
         self._pending_lot.unpark_all()
 
     async def on_message(self, esock: EngineSocket, data: str | bytes) -> None:
+        """Engine.IO hook: one message of a session, decoded as Socket.IO and handled."""
         client: _Client = esock.state
         try:
             packet = client.core.receive(data)
@@ -841,6 +853,7 @@ class SocketIO:
             await client.remove_socket(packet.namespace, DisconnectReason.CLIENT_DISCONNECT)
 
     async def on_close(self, esock: EngineSocket, reason: CloseReason) -> None:
+        """Engine.IO hook: a session ended; its sockets end (or are detached, with recovery on)."""
         client: _Client = esock.state
         for waiter in client.acks.values():
             waiter.close()

@@ -46,9 +46,15 @@ log = logging.getLogger("callbox.engine")
 class EngineApp(Protocol):
     """What the server calls. Each callback runs in the task that received the event."""
 
-    async def on_open(self, sock: EngineSocket) -> None: ...
-    async def on_message(self, sock: EngineSocket, data: str | bytes) -> None: ...
-    async def on_close(self, sock: EngineSocket, reason: CloseReason) -> None: ...
+    async def on_open(self, sock: EngineSocket) -> None:
+        """A session opened (over polling, or a WebSocket)."""
+
+    async def on_message(self, sock: EngineSocket, data: str | bytes) -> None:
+        """A message from the session's client: text, or bytes for a binary one."""
+
+    async def on_close(self, sock: EngineSocket, reason: CloseReason) -> None:
+        """The session ended, for ``reason``."""
+
     async def run(self) -> None:
         """Background work of the application, run in the server nursery until shutdown."""
 
@@ -220,6 +226,7 @@ class EngineServer:
 
     def new_session(self, address: str, *, websocket: bool, base64: bool = False,
                     handshake: Handshake | None = None, app: EngineApp | None = None) -> EngineSocket:
+        """A new session (not yet started: :meth:`start_session`) for a client at ``address``."""
         cfg = self.config
         while (sid := secrets.token_urlsafe(15)) in self.sessions:  # 120 random bits
             pass
@@ -268,6 +275,7 @@ class EngineServer:
                 self._sessions_gone.set()
 
     async def deliver(self, sock: EngineSocket, message: str | bytes) -> None:
+        """Hand a message to the session's application; its failure closes that session only."""
         try:
             await sock.app.on_message(sock, message)
         except Exception:

@@ -91,10 +91,12 @@ class EngineSocket:
 
     @property
     def transport(self) -> str:
+        """"websocket" or "polling": what the session runs on now."""
         return "websocket" if self.core.state is _WEBSOCKET else "polling"
 
     @property
     def is_open(self) -> bool:
+        """Open: messages sent now are queued for the client."""
         return self.core.is_open
 
     @property

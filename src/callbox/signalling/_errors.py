@@ -9,6 +9,8 @@ __all__ = ["ErrorCode", "SignallingError", "DEFAULT_MESSAGES"]
 
 
 class ErrorCode(enum.StrEnum):
+    """The code of a refusal, in an ack {ok: false, code, message} or an error event."""
+
     INVALID_PAYLOAD = "INVALID_PAYLOAD"
     NOT_JOINED = "NOT_JOINED"
     ALREADY_JOINED = "ALREADY_JOINED"

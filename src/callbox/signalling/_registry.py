@@ -66,6 +66,7 @@ class User(msgspec.Struct, frozen=True, gc=False):
     call_id: str | None = None
 
     def device(self, socket_id: str) -> Device | None:
+        """Its device on session ``socket_id``, if it has one there."""
         for device in self.devices:
             if device.socket_id == socket_id:
                 return device
@@ -88,6 +89,7 @@ class Call(msgspec.Struct, frozen=True, gc=False):
     state: CallState
 
     def role_of(self, user_id: str, socket_id: str) -> Role | None:
+        """The role ``user_id`` on session ``socket_id`` has in the call (None: none)."""
         if user_id == self.caller and socket_id == self.caller_socket:
             return Role.CALLER
         if user_id == self.callee and (
@@ -207,9 +209,13 @@ class Registry(Protocol):
         """End every call (for a server shutdown)."""
         ...
 
-    async def user(self, user_id: str) -> User | None: ...
+    async def user(self, user_id: str) -> User | None:
+        """The user, if online."""
+        ...
 
-    async def call(self, call_id: str) -> Call | None: ...
+    async def call(self, call_id: str) -> Call | None:
+        """The call, if it goes on."""
+        ...
 
     async def counts(self) -> tuple[int, int]:
         """(users online, live calls)."""
@@ -225,7 +231,7 @@ def _replace_device(user: User, which: str, **changes: object) -> tuple[Device, 
     return tuple(msgspec.structs.replace(d, **changes) if d.socket_id == which else d for d in user.devices)
 
 
-class MemoryRegistry:
+class MemoryRegistry(Registry):
     """The registry of one process: two dicts. No method awaits anything, so each is atomic."""
 
     def __init__(self) -> None:

@@ -232,6 +232,10 @@ def new_call_id() -> str:
 
 
 class Signalling:
+    """The signalling protocol over a :class:`Transport` and a registry (see the module docstring):
+    :meth:`handle` one client event, :meth:`closed` / :meth:`returned` as connections go and come
+    back, :meth:`shutdown` at the end. ``shared``: several nodes (:mod:`._cluster`)."""
+
     def __init__(
         self,
         transport: Transport,
@@ -262,6 +266,7 @@ class Signalling:
 
     @property
     def events(self) -> tuple[str, ...]:
+        """The client events it handles."""
         return tuple(self._ops)
 
     async def handle(self, session: Session, event: str, args: Sequence[object], *, ack: bool = False) -> Ack:

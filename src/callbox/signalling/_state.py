@@ -90,6 +90,8 @@ def transition(table: Mapping[S, Mapping[E, S]], state: S, event: E) -> S:
 
 
 class UserState(enum.Enum):
+    """Where a user id stands (``USER_TRANSITIONS``; protocol/signalling.md, State machines)."""
+
     OFFLINE = "offline"
     ONLINE = "online"
     IN_CALL = "in_call"
@@ -97,6 +99,8 @@ class UserState(enum.Enum):
 
 
 class UserEvent(enum.Enum):
+    """What moves a user's machine."""
+
     JOIN = "join"  # user:join from a socket
     CALL_START = "call_start"  # a call involving the user was created (either side)
     CALL_END = "call_end"  # that call ended, however
@@ -117,6 +121,8 @@ USER_TRANSITIONS: Final[Mapping[UserState, Mapping[UserEvent, UserState]]] = {
 
 
 class CallState(enum.Enum):
+    """Where a call stands (``CALL_TRANSITIONS``)."""
+
     INITIATING = "initiating"
     RINGING = "ringing"
     CONNECTING = "connecting"
@@ -126,6 +132,8 @@ class CallState(enum.Enum):
 
 
 class CallEvent(enum.Enum):
+    """What moves a call's machine; ``CALL_ACTORS`` says who may make each move."""
+
     RING = "ring"  # the callee was sent call:incoming
     ACCEPT = "accept"
     MERGE = "merge"  # glare: the callee called the caller back while it rang; that answers it
@@ -141,6 +149,8 @@ class CallEvent(enum.Enum):
 
 
 class Role(enum.Enum):
+    """Who makes a move of a call: one of its parties, or the server (a timer)."""
+
     CALLER = "caller"
     CALLEE = "callee"
     SERVER = "server"
