@@ -32,7 +32,7 @@ DEFAULT_OUT = ROOT / "build" / "api"
 
 # The public modules: the package and the signalling app. Everything else is reached through their
 # __all__ (callbox.server.api's classes are documented as callbox.Socket, ...) or is internal.
-MODULES = ("callbox", "callbox.signalling")
+MODULES = ("callbox", "callbox.signalling", "callbox.admin")
 
 # pdoc's index redirects to the root module when every module sits under one, and callbox's page lists
 # no submodules (its __all__ names none), so callbox.signalling would be reached only by searching.

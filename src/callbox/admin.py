@@ -250,7 +250,7 @@ class Instrumentation:
             self._upgrading[(socket.namespace.name, socket.id)] = socket
         return {
             "id": socket.id,
-            "clientId": socket.client.esock.sid[:CLIENT_ID_CHARS],
+            "clientId": socket.conn.sid[:CLIENT_ID_CHARS],
             "transport": transport,
             "nsp": socket.namespace.name,
             "data": self._data(socket),
@@ -328,7 +328,7 @@ class Instrumentation:
         return user_ok & password_ok  # both compared, whichever is wrong
 
     async def _admin_connected(self, socket: Socket, auth: Any) -> None:
-        self._server = socket.client.esock.server  # the one serving now (an app may be served again)
+        self._server = socket.conn.server  # the one serving now (an app may be served again)
         socket.emit("config", {"supportedFeatures": self.features})
         if self.mode == "development":
             shown = [self.serialize(s) for ns in list(self.app.namespaces.values()) for s in list(ns.sockets.values())]
@@ -454,10 +454,10 @@ class Instrumentation:
         # Close their connections, as Node's disconnect(true): each socket of those connections,
         # in every namespace, is told (so that its client does not reconnect), then the connection
         # closes.
-        clients = {id(sock.client): sock.client for sock in chosen if sock.connected}
+        conns = {sock.conn.sid: sock.conn for sock in chosen if sock.connected}
         for ns in list(self.app.namespaces.values()):
             for sock in list(ns.sockets.values()):
-                if id(sock.client) in clients and sock.connected:
+                if sock.connected and sock.conn.sid in conns:
                     await sock.disconnect()
-        for client in clients.values():
-            client.esock.close(CloseReason.FORCED_CLOSE)
+        for conn in conns.values():
+            conn.close(CloseReason.FORCED_CLOSE)

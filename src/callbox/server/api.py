@@ -148,6 +148,12 @@ class Socket:
         return None if ack_id is None else Ack(self, ack_id)
 
     @property
+    def conn(self) -> EngineSocket:
+        """The Engine.IO session carrying this socket now (Node's ``socket.conn``): its ``sid``,
+        ``transport``, ``close(reason)`` ends the whole connection, every namespace of it."""
+        return self.client.esock
+
+    @property
     def remote_address(self) -> str:
         """The client's address (past trusted proxies)."""
         return self.client.esock.remote_address
