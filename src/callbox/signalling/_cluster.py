@@ -396,7 +396,7 @@ class Cluster:
             await self._claim(reply[3].decode(), reply[4].decode(), reply[5].decode(), [x.decode() for x in reply[6]])
         later, self._later = self._later, []
         for fn, args in later:
-            await _guarded(fn, *args)
+            await _guarded(fn, *args, retry=self)  # Redis failing again: again at the next beat
         return True
 
     async def _beats(self) -> None:
