@@ -22,6 +22,12 @@ const opts = {
   host: "127.0.0.1", port: 3000, pid: 0, n: 1000, concurrency: 100, deflate: false,
   calls: 20, ice: 10, pairs: 20, window: 4, rate: 4000, warmup: 1, duration: 5, settle: 2,
   timeout: 120, client: "raw", tag: "b" + process.pid.toString(36), write: "batched",
+  // Several nodes (bench/cluster.py): more processes whose CPU counts as the server's (comma
+  // separated pids: the other node, redis-server), and where clients connect: "one" (all on
+  // --port), "cross" (the second user of each pair, and y in the check, on --port2: every call
+  // spans the two nodes), "split" (pair i on --port when i is even, else --port2: every call
+  // within one node, half of them on each).
+  pids: "", port2: 0, layout: "one",
 };
 for (let i = 3; i < process.argv.length; i += 2) {
   const key = process.argv[i].replace(/^--/, "");
@@ -30,16 +36,25 @@ for (let i = 3; i < process.argv.length; i += 2) {
   opts[key] = typeof opts[key] === "number" ? Number(raw) : typeof opts[key] === "boolean" ? raw === "1" || raw === "true" : raw;
 }
 if (opts.write !== "batched" && opts.write !== "each") throw new Error(`--write is batched or each, not ${opts.write}`);
+if (!["one", "cross", "split"].includes(opts.layout)) throw new Error(`--layout is one, cross or split, not ${opts.layout}`);
+if (opts.layout !== "one" && !opts.port2) throw new Error(`--layout ${opts.layout} needs --port2`);
 const now = () => performance.now();
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 // -- what the server process uses: CPU seconds and RSS, from /proc ---------------------------------
 
-function serverCpu() {
-  if (!opts.pid) return 0;
-  const stat = readFileSync(`/proc/${opts.pid}/stat`, "latin1");
+// The server's processes: --pid, and with several nodes the others of --pids.
+const PIDS = [opts.pid, ...String(opts.pids).split(",").filter(Boolean).map(Number)].filter((p) => p > 0);
+
+function cpuOf(pid) {
+  const stat = readFileSync(`/proc/${pid}/stat`, "latin1");
   const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   return (Number(f[11]) + Number(f[12])) / 100; // utime + stime, in clock ticks of 1/100 s
+}
+function serverCpu() {
+  let total = 0;
+  for (const pid of PIDS) total += cpuOf(pid);
+  return total;
 }
 function serverRss() {
   if (!opts.pid) return 0;
@@ -56,15 +71,19 @@ const sent = { frames: 0, writes: 0 };
 // A measurement window: wall time, the server's CPU and the generator's own CPU.
 class Window {
   constructor() {
+    this.each = PIDS.map(cpuOf);
     this.t = now(); this.s = serverCpu(); this.g = ownCpu(); this.k = ownSys();
     this.f = sent.frames; this.w = sent.writes;
   }
   close() {
     const wall = (now() - this.t) / 1000;
     const frames = sent.frames - this.f;
+    const each = PIDS.map(cpuOf);
     const writes = sent.writes - this.w;
     return {
       wall, server_cpu: serverCpu() - this.s, gen_cpu: ownCpu() - this.g, gen_sys_cpu: ownSys() - this.k,
+      // each server process's own share (several nodes: which one is the limit)
+      cpu_by_pid: PIDS.length > 1 ? Object.fromEntries(PIDS.map((p, i) => [p, each[i] - this.each[i]])) : undefined,
       write: opts.client === "raw" ? opts.write : null, frames_sent: frames, socket_writes: writes,
       frames_per_write: writes ? frames / writes : null,
     };
@@ -103,7 +122,7 @@ const SYNC = { finishFlush: zlib.constants.Z_SYNC_FLUSH };
 const WINDOW = 32768;
 
 class RawSocket {
-  constructor(onText, onClose, onError, deflate) {
+  constructor(onText, onClose, onError, deflate, port) {
     this.deflate = deflate; // offer permessage-deflate, as browsers do
     this.history = null; // the server's compression window (context takeover), for the next message
     this.onText = onText; // (buffer, start, end) => void
@@ -114,13 +133,13 @@ class RawSocket {
     this.pending = null; // bytes of an incomplete frame (or of the response head)
     this.fragments = null;
     this.corked = false;
-    const sock = net.connect({ host: opts.host, port: opts.port });
+    const sock = net.connect({ host: opts.host, port });
     this.sock = sock;
     sock.setNoDelay(true);
     sock.on("connect", () => {
       const key = randomBytes(16).toString("base64");
       sock.write(
-        `GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: ${opts.host}:${opts.port}\r\n` +
+        `GET /socket.io/?EIO=4&transport=websocket HTTP/1.1\r\nHost: ${opts.host}:${port}\r\n` +
           `Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\n` +
           "Sec-WebSocket-Version: 13\r\n" +
           (deflate ? "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n" : "") + "\r\n",
@@ -257,8 +276,8 @@ class RawSocket {
 
 // The same on `ws` (--client ws): what the lean client is measured against.
 class WsSocket {
-  constructor(onText, onClose, onError, deflate) {
-    this.ws = new WebSocket(`ws://${opts.host}:${opts.port}/socket.io/?EIO=4&transport=websocket`, {
+  constructor(onText, onClose, onError, deflate, port) {
+    this.ws = new WebSocket(`ws://${opts.host}:${port}/socket.io/?EIO=4&transport=websocket`, {
       perMessageDeflate: deflate, skipUTF8Validation: true,
     });
     this.ws.on("message", (data) => { const b = Buffer.isBuffer(data) ? data : Buffer.concat(data); onText(b, 0, b.length); });
@@ -280,8 +299,9 @@ function fail(message) {
 const ICE_PREFIX = Buffer.from('42["ice:candidate"');
 
 class Client {
-  constructor(name) {
+  constructor(name, port = opts.port) {
     this.name = name; // the user id it joins as
+    this.port = port; // the server (node) it connects to
     this.sid = null;
     this.onEvent = null; // (event, payload) => void, for every event but fast-path ICE
     this.onIce = null; // (buffer, start, end) => void: ice:candidate relays, unparsed
@@ -297,7 +317,7 @@ class Client {
       const onText = (buf, start, end) => this.receive(buf, start, end);
       const onClose = () => { if (this.joined) { this.joined = null; reject(new Error(`${this.name}: closed before joining`)); } };
       const onError = (err) => { fail(`${this.name}: ${err.message}`); if (this.joined) { this.joined = null; reject(err); } };
-      this.conn = new (opts.client === "ws" ? WsSocket : RawSocket)(onText, onClose, onError, deflate);
+      this.conn = new (opts.client === "ws" ? WsSocket : RawSocket)(onText, onClose, onError, deflate, this.port);
     });
   }
 
@@ -348,8 +368,8 @@ class Client {
 }
 
 // Connect and join `names`, at most `concurrency` handshakes at once; per-client latency in ms.
-async function openAll(names, concurrency, deflate, deadline) {
-  const clients = names.map((n) => new Client(n));
+async function openAll(names, concurrency, deflate, deadline, ports = null) {
+  const clients = names.map((n, i) => new Client(n, ports ? ports[i] : opts.port));
   const latencies = new Array(clients.length);
   let next = 0;
   let negotiated = 0;
@@ -437,8 +457,14 @@ function establish(caller, callee, offer, answer) {
 
 async function openPairs(count, deadline) {
   const names = [];
-  for (let i = 0; i < count; i++) names.push(`${opts.tag}-a${i}`, `${opts.tag}-b${i}`);
-  const { clients } = await openAll(names, 50, false, deadline);
+  const ports = [];
+  for (let i = 0; i < count; i++) {
+    names.push(`${opts.tag}-a${i}`, `${opts.tag}-b${i}`);
+    if (opts.layout === "cross") ports.push(opts.port, opts.port2);
+    else if (opts.layout === "split") ports.push(...(i % 2 ? [opts.port2, opts.port2] : [opts.port, opts.port]));
+    else ports.push(opts.port, opts.port);
+  }
+  const { clients } = await openAll(names, 50, false, deadline, ports);
   const pairs = [];
   for (let i = 0; i < count; i++) pairs.push([clients[2 * i], clients[2 * i + 1]]);
   return { clients, pairs };
@@ -624,7 +650,10 @@ async function pump(fixedRate) {
 async function check() {
   const deadline = now() + opts.timeout * 1000;
   const t = opts.tag;
-  const { clients } = await openAll([`${t}-x`, `${t}-y`, `${t}-z`], 3, false, deadline);
+  // across two nodes (--layout cross): y on the second, so every rule holds between nodes, and y's
+  // take-over below comes from the first
+  const other = opts.layout === "cross" ? opts.port2 : opts.port;
+  const { clients } = await openAll([`${t}-x`, `${t}-y`, `${t}-z`], 3, false, deadline, [opts.port, other, opts.port]);
   const [x, y, z] = clients;
   const inbox = new Map(clients.map((c) => [c, []]));
   for (const c of clients) c.onEvent = (event, p) => inbox.get(c).push([event, p]);
