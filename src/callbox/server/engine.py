@@ -164,14 +164,22 @@ class EngineServer:
             self._nursery = nursery
             for app in self.apps.values():
                 nursery.start_soon(app.run)
-            with trio.CancelScope() as self._accept_scope:
-                # Connections live in the server nursery, not the accept loop's, so that stopping
-                # the accept loop (at shutdown) leaves open connections to close cleanly.
-                await nursery.start(
-                    partial(trio.serve_listeners, partial(handle_connection, self), serving, handler_nursery=nursery)
-                )
-                task_status.started(listeners)
-                await trio.sleep_forever()
+            await nursery.start(self._accept, serving)
+            task_status.started(listeners)
+
+    async def _accept(self, serving: list[Any], *, task_status: trio.TaskStatus[list[Any]]) -> None:
+        """Accept connections until :meth:`shutdown`, which cancels this and closes the listeners.
+        Connections live in the server nursery, not here, so that stopping accepting leaves open
+        connections to close cleanly."""
+        assert self._nursery is not None
+        with trio.CancelScope() as self._accept_scope:
+            try:
+                await trio.serve_listeners(partial(handle_connection, self), serving, handler_nursery=self._nursery,
+                                           task_status=task_status)
+            finally:
+                with trio.CancelScope(shield=True):
+                    for listener in serving:
+                        await listener.aclose()  # a draining node refuses new connections at once
 
     async def shutdown(self, *, handover: bool = False) -> None:
         """Drain: stop accepting, fail /readyz, let the app end its work, close every session

@@ -246,8 +246,11 @@ class Cluster:
         self.inboxes: dict[str, str] = {}  # inbox key -> the last id read
         self._outbox: list[tuple[str, str, str, str, bytes]] = []  # (node, socket, kind, event, payload)
         self._outbox_ready = trio.Event()
-        self._empty = trio.Event()  # set while the outbox is empty
-        self._empty.set()
+        # Entries ever queued, and ever written (or dropped); a write sets and replaces _progress.
+        self._queued = 0
+        self._written = 0
+        self._in_flight = 0  # the outbox's first entries, being written now
+        self._progress = trio.Event()
         self._reading = trio.CancelScope()  # the inbox read under way
         # Claimed inboxes read again up to an id: which of those entries are handled (see _claim).
         self._replay: dict[str, tuple[tuple[int, int], set[str]]] = {}
@@ -268,7 +271,8 @@ class Cluster:
         self.lag = m.add(Histogram("callbox_cluster_lag_seconds", "From an event's append to another node's "
                                    "inbox to its read there (the two nodes' clocks apart included).", RTT_BUCKETS))
         self.dropped = m.add(Counter("callbox_cluster_dropped_total",
-                                     "Events for other nodes dropped: Redis was away too long.", []))
+                                     "Events for other nodes dropped: Redis was away too long.", [],
+                                     initial=[()]))
 
     # -- what the service asks (Shared) ------------------------------------------------------------
 
@@ -288,10 +292,12 @@ class Cluster:
 
     async def relay(self, user_id: str, socket_id: str, target: str, event: CallEvent, name: str,
                     relay: OfferRelay | AnswerRelay | CandidateRelay) -> Call:
-        if self._outbox:  # what this node sent before goes first
+        before = self._queued  # what this node sent before goes first (not what others queue meanwhile)
+        if self._written < before:
             with trio.move_on_after(self.registry.timeout):
-                await self._empty.wait()
-            if self._outbox:
+                while self._written < before:
+                    await self._progress.wait()
+            if self._written < before:
                 raise RegistryUnavailable("Redis has not taken this node's earlier events")
         with_type = getattr(relay, "callType", None) is msgspec.UNSET
         head = msgspec.json.encode(relay)[:-1]  # up to the closing brace: the script adds the rest
@@ -315,13 +321,13 @@ class Cluster:
         node = node_of(socket_id)
         assert node is not None
         if len(self._outbox) >= OUTBOX_LIMIT:
-            dropped = self._outbox.pop(0)
+            dropped = self._outbox.pop(self._in_flight)  # the oldest not being written
+            self._written += 1  # as good as written: nothing waits for it any more
             self.dropped.inc()
             log.error("event for another node dropped: Redis has been away too long",
                       extra={"fields": {"node": dropped[0], "socket": dropped[1], "event": dropped[3]}})
-        if not self._outbox:
-            self._empty = trio.Event()
         self._outbox.append((node, socket_id, kind, event, payload))
+        self._queued += 1
         self._outbox_ready.set()
 
     def wrap(self, inner: Transport) -> ClusterTransport:
@@ -478,6 +484,7 @@ class Cluster:
             self._outbox_ready = trio.Event()
             while self._outbox:
                 batch = self._outbox[:BATCH]
+                self._in_flight = len(batch)
                 args: list[str | bytes | int] = [INBOX_MAXLEN]
                 for entry in batch:
                     args.extend(entry)
@@ -486,9 +493,13 @@ class Cluster:
                 except RegistryUnavailable:
                     await trio.sleep(RETRY)
                     continue
+                finally:
+                    self._in_flight = 0
                 del self._outbox[:len(batch)]
+                self._written += len(batch)
+                self._progress.set()
+                self._progress = trio.Event()
                 self.relays.inc("out", value=len(batch))
-            self._empty.set()
 
     async def _ticks(self) -> None:
         assert self.signalling is not None
