@@ -36,7 +36,7 @@ def check(root: Path) -> subprocess.CompletedProcess[str]:
 def copy(tmp_path: Path) -> Path:
     """The files the lock depends on, copied so that a test may spoil them."""
     for name in ("pyproject.toml", "uv.lock", "README.md", "scripts/lock", "requirements/runtime.txt",
-                 "requirements/dev.txt"):
+                 "requirements/redis.txt", "requirements/dev.txt"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, tmp_path / name)
     return tmp_path
@@ -68,7 +68,7 @@ def test_a_dependency_added_to_pyproject_without_relocking_fails(copy: Path) -> 
     assert check(copy).returncode == 1
 
 
-@pytest.mark.parametrize("name", ["runtime.txt", "dev.txt"])
+@pytest.mark.parametrize("name", ["runtime.txt", "redis.txt", "dev.txt"])
 def test_an_export_edited_by_hand_fails(copy: Path, name: str) -> None:
     path = copy / "requirements" / name
     path.write_text(path.read_text().replace("msgspec==", "msgspec==0.0.1; python_version < '3' #", 1))
@@ -78,7 +78,7 @@ def test_an_export_edited_by_hand_fails(copy: Path, name: str) -> None:
 
 
 def test_every_locked_requirement_carries_hashes() -> None:
-    for name in ("runtime.txt", "dev.txt"):
+    for name in ("runtime.txt", "redis.txt", "dev.txt"):
         lines = (ROOT / "requirements" / name).read_text().splitlines()
         requirements = [i for i, line in enumerate(lines) if line[:1].isalnum()]
         assert requirements, name
@@ -103,3 +103,5 @@ def test_ci_and_the_readme_install_from_the_lock() -> None:
     first_block = readme.split("```sh\n", 1)[1].split("```", 1)[0]
     assert "--require-hashes -r requirements/runtime.txt" in first_block
     assert "--no-build-isolation" in first_block
+    # A node of several: the redis extra's client, locked too.
+    assert "--require-hashes -r requirements/redis.txt" in readme
