@@ -1,5 +1,5 @@
 """examples/library/tour.py, the README's tour of the Socket.IO API, run against socket.io-client
-(tests/interop/tour.mjs)."""
+(tests/interop/tour.mjs), and the README shows that file as it is."""
 
 from __future__ import annotations
 
@@ -33,3 +33,8 @@ async def test_the_tour_holds_with_socket_io_client(nursery: trio.Nursery) -> No
     port = listeners[0].socket.getsockname()[1]
     out = await run_script(INTEROP / "tour.mjs", 30, f"http://127.0.0.1:{port}")
     assert out.strip().endswith("OK")
+
+
+def test_the_readme_shows_the_tour_as_it_is() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "```python\n" + TOUR.read_text() + "```" in readme, "README: paste examples/library/tour.py"
