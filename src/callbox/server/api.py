@@ -170,9 +170,9 @@ class Socket:
                 return False
             self._early.append((event, args))
             return True
-        hooks = self.namespace.outgoing_hooks()
-        if hooks:
-            _run_hooks(hooks, self, event, args)
+        ns = self.namespace
+        if ns._outgoing or ns._app_hooks.outgoing:
+            _run_hooks(ns.outgoing_hooks(), self, event, args)
         kept = self._kept
         if kept is None:
             return self.client.send_packet(encode_event(self.namespace.name, event, args, None))

@@ -675,9 +675,12 @@ class Signalling:
         user_id = self._user(session)
         request = _payload(args, Offer)
         _bounded(request.offer, self.settings().max_sdp_bytes, "offer", nullable=False)
-        call_type = msgspec.UNSET if request.callType is None else request.callType
-        call = await self._relay(session, request.to, CallEvent.OFFER, "call:offer",
-                                 OfferRelay(request.offer, user_id, call_type, msgspec.UNSET))  # type: ignore[arg-type]
+        given = request.callType
+
+        def build(call_id: Any, call_type: Any) -> OfferRelay:
+            return OfferRelay(request.offer, user_id, call_type if given is None else given, call_id)
+
+        call = await self._relay(session, request.to, CallEvent.OFFER, "call:offer", build)
         return AckOk(True, callId=call.id)
 
     async def _answer(self, session: Session, args: Sequence[object]) -> AckOk:
@@ -685,7 +688,7 @@ class Signalling:
         request = _payload(args, Answer)
         _bounded(request.answer, self.settings().max_sdp_bytes, "answer", nullable=False)
         call = await self._relay(session, request.to, CallEvent.ANSWER, "call:answer",
-                                 AnswerRelay(request.answer, user_id, msgspec.UNSET))  # type: ignore[arg-type]
+                                 lambda call_id, call_type: AnswerRelay(request.answer, user_id, call_id))
         return AckOk(True, callId=call.id)
 
     async def _candidate(self, session: Session, args: Sequence[object]) -> AckOk:
@@ -693,23 +696,22 @@ class Signalling:
         request = _payload(args, Candidate)
         _bounded(request.candidate, self.settings().max_candidate_bytes, "candidate", nullable=True)
         call = await self._relay(session, request.to, CallEvent.CANDIDATE, "ice:candidate",
-                                 CandidateRelay(request.candidate, user_id, msgspec.UNSET))  # type: ignore[arg-type]
+                                 lambda call_id, call_type: CandidateRelay(request.candidate, user_id, call_id))
         return AckOk(True, callId=call.id)
 
-    async def _relay(self, session: Session, target: str, event: CallEvent, name: str, relay: _Relay) -> Call:
+    async def _relay(self, session: Session, target: str, event: CallEvent, name: str,
+                     build: Callable[[Any, Any], _Relay]) -> Call:
         """May the session's user send ``target`` this relay? Then it goes to the other party (every
-        device it rings, until one answers). ``relay`` lacks what the call says (its id, and the call
-        type when the sender gave none). With several nodes, the registry's step itself sends it to
-        the party's sessions on other nodes, and this node to its own."""
+        device it rings, until one answers). ``build(call_id, call_type)`` makes the payload from what
+        the call says. With several nodes, the registry's step itself sends it to the party's sessions
+        on other nodes (built without the two: the step adds them), and this node to its own."""
         user_id = self._user(session)
         if self.shared is None:
             call = await self.registry.relay(user_id, session.socket_id, target, event)
         else:
-            call = await self.shared.relay(user_id, session.socket_id, target, event, name, relay)
-        changes: dict[str, object] = {"callId": call.id}
-        if getattr(relay, "callType", None) is msgspec.UNSET:
-            changes["callType"] = call.call_type
-        payload = msgspec.structs.replace(relay, **changes)
+            partial = build(msgspec.UNSET, msgspec.UNSET)
+            call = await self.shared.relay(user_id, session.socket_id, target, event, name, partial)
+        payload = build(call.id, call.call_type)
         for socket_id in call.sockets_of(target):
             if self.shared is not None and not self.shared.own(socket_id):
                 continue  # the registry's step sent it there
