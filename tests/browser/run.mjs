@@ -14,6 +14,7 @@ import { copyFileSync, mkdirSync, writeFileSync } from "node:fs";
 import path from "node:path";
 import { parseArgs } from "node:util";
 import { chromium } from "playwright-core";
+import { STEP_TIMEOUT, User, allFrames, check, waitConnected } from "./page.mjs";
 import { TcpProxy } from "./tcpproxy.mjs";
 
 const { values: opt } = parseArgs({
@@ -32,16 +33,11 @@ const { values: opt } = parseArgs({
 
 const RING_TIMEOUT = 2; // seconds, for the timeout scenario's server
 const AUTH_SECRET = "e2e-auth-secret-of-at-least-32-bytes"; // HS256 wants 32 bytes or more
-const STEP_TIMEOUT = 15_000; // ms any one wait may take
 const SCENARIO_TIMEOUT = 60_000;
 
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
 const step = (what, extra = {}) => out({ step: what, t: Math.round(performance.now()), ...extra });
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function check(ok, message) {
-  if (!ok) throw new Error(message);
-}
 
 // -- callbox ---------------------------------------------------------------------------------
 
@@ -80,72 +76,6 @@ async function stopCallbox(server) {
 
 // -- pages -----------------------------------------------------------------------------------
 
-class User {
-  constructor(name, page) {
-    this.name = name;
-    this.page = page;
-    this.problems = []; // uncaught page errors: app.js bugs fail the scenario
-    this.console = [];
-    page.on("pageerror", (e) => this.problems.push(`${e.name}: ${e.message}`));
-    page.on("console", (m) => this.console.push(`${m.type()}: ${m.text()}`));
-  }
-
-  state() {
-    return this.page.evaluate(() => document.body.dataset.state);
-  }
-
-  async waitState(state) {
-    try {
-      await this.page.waitForFunction((s) => document.body.dataset.state === s, state, { timeout: STEP_TIMEOUT });
-    } catch {
-      throw new Error(`${this.name}: state stayed ${await this.state()}, wanted ${state}; it says: ${await this.words()}`);
-    }
-  }
-
-  // The outcome line, and its tag, once it has the tag we wait for.
-  async waitOutcome(code) {
-    try {
-      await this.page.waitForFunction((c) => document.body.dataset.outcome === c, code, { timeout: STEP_TIMEOUT });
-    } catch {
-      throw new Error(`${this.name}: outcome ${JSON.stringify(await this.page.evaluate(() => document.body.dataset.outcome))}, wanted ${code}; it says: ${await this.words()}`);
-    }
-    return this.page.textContent("#outcome");
-  }
-
-  // Wait until fn(arg) is true in the page; `what` says what we waited for when it is not.
-  async waitFor(what, fn, arg = null, timeout = STEP_TIMEOUT) {
-    try {
-      await this.page.waitForFunction(fn, arg, { timeout });
-    } catch {
-      throw new Error(`${this.name}: not ${what} within ${timeout} ms; it says: ${await this.words()} (state ${await this.state()})`);
-    }
-  }
-
-  // Every Socket.IO event the page gets from now on, with its first argument (the payload; with
-  // connection state recovery the server adds the offset as a last one).
-  recordEvents() {
-    return this.page.evaluate(() => {
-      window.testEvents = [];
-      window.demo.socket.onAny((event, payload) => window.testEvents.push({ event, payload, at: Date.now() }));
-    });
-  }
-
-  events(name) {
-    return this.page.evaluate((n) => window.testEvents.filter((e) => !n || e.event === n), name);
-  }
-
-  words() {
-    return this.page.evaluate(() => [
-      document.getElementById("status").textContent,
-      document.getElementById("outcome").hidden ? "" : document.getElementById("outcome").textContent,
-    ].filter(Boolean).join(" / "));
-  }
-
-  log() {
-    return this.page.evaluate(() => [...document.querySelectorAll("#log li")].map((li) => li.textContent).reverse());
-  }
-}
-
 // Each user is a page in a browser context of its own: another browser profile, so another device
 // (the page keeps its deviceId in the profile's localStorage). `label` names a second device of one
 // user in the report (the user id is `name`).
@@ -168,16 +98,6 @@ async function openUser(browser, base, name, peer, { transport, token, join = tr
 }
 
 // -- the checks of a live call ---------------------------------------------------------------
-
-async function waitConnected(user) {
-  try {
-    await user.page.waitForFunction(() => window.demo.pc?.connectionState === "connected", null, { timeout: STEP_TIMEOUT });
-  } catch {
-    const pcState = await user.page.evaluate(() => window.demo.pc?.connectionState ?? "no RTCPeerConnection");
-    throw new Error(`${user.name}: RTCPeerConnection is ${pcState}; it says: ${await user.words()}`);
-  }
-  await user.waitState("in-call");
-}
 
 // The remote <video> shows frames: a size, and a clock that moves.
 async function checkRemoteFrames(user) {
@@ -218,20 +138,6 @@ async function checkLoopback(user) {
   for (const c of report.candidates) check(loopback(c.split(" ").at(-1).replace(/:\d+$/, "").replace(/^\[|\]$/g, "")), `${user.name}: a candidate off loopback: ${c}`);
   check(report.selected && report.selected.every(loopback), `${user.name}: selected pair ${JSON.stringify(report.selected)}`);
   return report;
-}
-
-// Video frames each side has decoded so far (the inbound video stream of its RTCPeerConnection).
-function framesDecoded(user) {
-  return user.page.evaluate(async () => {
-    const stats = [...(await window.demo.pc.getStats()).values()];
-    return stats.filter((s) => s.type === "inbound-rtp" && s.kind === "video").reduce((n, s) => n + (s.framesDecoded ?? 0), 0);
-  });
-}
-
-async function allFrames(users) {
-  const frames = {};
-  for (const u of users) frames[u.name] = await framesDecoded(u);
-  return frames;
 }
 
 // What callbox logged (--log-format json) when an Engine.IO session ended: its close reason, which

@@ -18,25 +18,14 @@
 
 import { io } from "socket.io-client";
 import readline from "node:readline";
+import { WAIT, clientCommands, exit, printer } from "./lines.mjs";
 
 const [url] = process.argv.slice(2);
-const WAIT = 5000; // ms: the longest any one step may take
 const LIFETIME = 60000; // ms: a script the test forgot never outlives this
 
 const sockets = new Map();
 
-function out(type, fields = {}) {
-  process.stdout.write(JSON.stringify({ type, ...fields }) + "\n");
-}
-
-function exit(code) {
-  process.stdout.write("", () => process.exit(code));
-}
-
-function fail(err) {
-  out("error", { message: String(err && err.message), stack: String(err && err.stack) });
-  exit(1);
-}
+const { out, fail } = printer();
 
 function listen(name, socket) {
   sockets.set(name, socket);
@@ -76,28 +65,11 @@ function connect({ name, nsp = "/", query, headers, transports }) {
   listen(name, io(url + (nsp === "/" ? "" : nsp), options));
 }
 
-function emit({ name, event, args = [], ack = false }) {
-  const socket = sockets.get(name);
-  if (socket === undefined) throw new Error(`no client ${name}`);
-  if (!ack) {
-    socket.emit(event, ...args);
-    return;
-  }
-  socket.timeout(WAIT).emit(event, ...args, (err, ...answer) => {
-    if (err) out("ack_timeout", { name, event });
-    else out("ack", { name, event, answer });
-  });
-}
-
-function end() {
-  for (const socket of sockets.values()) socket.disconnect();
-  out("end");
-  exit(0);
-}
+const { emit, close, end } = clientCommands(sockets, out);
 
 setTimeout(() => fail(new Error(`still running after ${LIFETIME} ms`)), LIFETIME).unref();
 
-const commands = { admin, connect, emit, close: ({ name }) => sockets.get(name).disconnect(), end };
+const commands = { admin, connect, emit, close, end };
 readline.createInterface({ input: process.stdin }).on("line", (line) => {
   try {
     const command = JSON.parse(line);

@@ -11,9 +11,7 @@
 // stderr, when it did not.
 
 import assert from "node:assert/strict";
-import { performance } from "node:perf_hooks";
-import readline from "node:readline";
-import { Connection, QUIET, play, sleep } from "./user.mjs";
+import { Connection, QUIET, controlChannel, measurer, now, play, sleep } from "./user.mjs";
 
 const [scenario, url1, url2] = process.argv.slice(2);
 const URLS = { n1: url1, n2: url2 };
@@ -23,30 +21,8 @@ const RING_TIMEOUT = Number(process.env.RING_TIMEOUT ?? 3) * 1000;
 // ring deadline fired by a surviving node, plus a relay through Redis.
 const LATE = 2000;
 
-const now = () => performance.now();
-
-// -- the control channel to the test ----------------------------------------------------------------
-
-const answers = [];
-const asking = [];
-readline.createInterface({ input: process.stdin }).on("line", (line) => {
-  const waiter = asking.shift();
-  if (waiter) waiter(line);
-  else answers.push(line);
-});
-
-async function control(command) {
-  process.stdout.write(`@@ ${command}\n`);
-  const line = answers.length ? answers.shift() : await new Promise((resolve) => asking.push(resolve));
-  const space = line.indexOf(" ");
-  const [status, body] = space < 0 ? [line, ""] : [line.slice(0, space), line.slice(space + 1)];
-  if (status !== "ok") throw new Error(`the test could not ${command}: ${body}`);
-  return body ? JSON.parse(body) : null;
-}
-
-function measured(what) {
-  console.log(`TIME ${JSON.stringify({ scenario, ...what })}`);
-}
+const control = controlChannel();
+const measured = measurer({ scenario });
 
 // -- payloads -------------------------------------------------------------------------------------
 
@@ -100,26 +76,6 @@ class User extends Connection {
     this.frames = []; // every Socket.IO packet received, as the text it came in
     this.socket.io.on("open", () => this.socket.io.engine.on("data", (data) => this.frames.push(data)));
     everyone.push(this);
-  }
-
-  // Nothing (else) arrived: after a quiet while, the queue is empty.
-  async nothing() {
-    await sleep(QUIET);
-    assert.deepEqual(this.queue, [], `${this.name} received more than expected`);
-  }
-
-  // The next `n` events, whatever they are, in the order they came.
-  async take(n, ms = 5000) {
-    const deadline = now() + ms;
-    while (this.queue.length < n) {
-      const left = deadline - now();
-      if (left <= 0) throw new Error(`${this.name}: ${n} events not within ${ms} ms; got ${JSON.stringify(this.queue)}`);
-      await new Promise((resolve) => {
-        this.wake = resolve;
-        setTimeout(resolve, left);
-      });
-    }
-    return this.queue.splice(0, n);
   }
 
   // Connect and user:join (with an ack): the socket id names this node.

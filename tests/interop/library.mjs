@@ -11,11 +11,11 @@
 import http from "node:http";
 import { Socket as EngineSocket } from "engine.io-client";
 import { io } from "socket.io-client";
+import { WAIT, exit, next, plain, printer, within } from "./lines.mjs";
 import { WebSocket } from "ws";
 
 const [scenario, url, mode = "default"] = process.argv.slice(2);
 const TRANSPORTS = { websocket: ["websocket"], polling: ["polling"], default: undefined };
-const WAIT = 5000; // ms: the longest any single step may take
 
 function kind(v) {
   if (Buffer.isBuffer(v)) return "Buffer";
@@ -24,39 +24,7 @@ function kind(v) {
   return typeof v;
 }
 
-function plain(v) {
-  if (Buffer.isBuffer(v)) return { $bytes: v.toString("hex") };
-  if (v instanceof ArrayBuffer) return { $bytes: Buffer.from(v).toString("hex") };
-  if (ArrayBuffer.isView(v)) return { $bytes: Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString("hex") };
-  if (Array.isArray(v)) return v.map(plain);
-  if (v !== null && typeof v === "object") return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, plain(x)]));
-  return v;
-}
-
-function out(type, fields = {}) {
-  process.stdout.write(JSON.stringify(plain({ type, ...fields })) + "\n");
-}
-
-function exit(code) {
-  process.stdout.write("", () => process.exit(code));
-}
-
-function fail(err) {
-  out("error", { message: String(err && err.message), stack: String(err && err.stack) });
-  exit(1);
-}
-
-function within(promise, what, ms = WAIT) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-function next(emitter, event, ms = WAIT) {
-  return within(new Promise((resolve) => emitter.once(event, (...args) => resolve(args))), event, ms);
-}
+const { out, fail } = printer(plain);
 
 function client(namespace = "/", extra = {}) {
   const o = { reconnection: false, timeout: WAIT, forceNew: true, ...extra };

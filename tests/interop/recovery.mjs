@@ -14,41 +14,13 @@
 // listeners here take the payload from the first argument and keep the offset apart.
 
 import assert from "node:assert/strict";
-import { performance } from "node:perf_hooks";
-import readline from "node:readline";
-import { io } from "socket.io-client";
+import { Recorder, TRANSPORTS, WAIT, controlChannel, measurer, now, play } from "./user.mjs";
 
 const [url, proxyUrl, scenario, mode = "websocket"] = process.argv.slice(2);
-const TRANSPORTS = { websocket: ["websocket"], polling: ["polling"], default: undefined };
-const WAIT = 5000; // ms: the longest one expected event may take
-const QUIET = 200; // ms: how long "nothing arrives" is watched
 const RETRY = 100; // ms: bob's reconnection delay (no randomization), small so a blip is short
 
-const now = () => performance.now();
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-// -- the control channel to the test ----------------------------------------------------------------
-
-const answers = [];
-const asking = [];
-readline.createInterface({ input: process.stdin }).on("line", (line) => {
-  const waiter = asking.shift();
-  if (waiter) waiter(line);
-  else answers.push(line);
-});
-
-async function control(command) {
-  process.stdout.write(`@@ ${command}\n`);
-  const line = answers.length ? answers.shift() : await new Promise((resolve) => asking.push(resolve));
-  const space = line.indexOf(" ");
-  const [status, body] = space < 0 ? [line, ""] : [line.slice(0, space), line.slice(space + 1)];
-  if (status !== "ok") throw new Error(`the test could not ${command}: ${body}`);
-  return body ? JSON.parse(body) : null;
-}
-
-function measured(what) {
-  console.log(`TIME ${JSON.stringify({ scenario, mode, ...what })}`);
-}
+const control = controlChannel();
+const measured = measurer({ scenario, mode });
 
 // -- payloads -------------------------------------------------------------------------------------
 
@@ -97,105 +69,30 @@ const CANDIDATE = (port, ufrag = "N3wU") => ({
 
 const everyone = [];
 
-class User {
+class User extends Recorder {
   constructor(name, { viaProxy = false, reconnection = true } = {}) {
-    everyone.push(this);
-    this.name = name;
-    this.queue = []; // {event, payload, offset, at} not yet taken; "#connect" and "#disconnect" too
-    this.offsets = []; // every offset received, in order, for the socket's whole life
-    this.waiters = new Set();
-    this.socket = io(viaProxy ? proxyUrl : url, {
+    super(name, viaProxy ? proxyUrl : url, {
       transports: TRANSPORTS[mode],
-      forceNew: true,
       reconnection,
       reconnectionDelay: RETRY,
       reconnectionDelayMax: RETRY,
       randomizationFactor: 0,
     });
-    this.socket.onAny((event, ...args) => {
-      // The offset, when the server sends one, is the extra last argument: a string after the
-      // payload (our events have exactly one payload argument).
-      const offset = args.length > 1 ? args[args.length - 1] : undefined;
-      if (offset !== undefined) this.offsets.push(offset);
-      this.push({ event, payload: args[0], offset });
-    });
-    this.socket.on("connect", () =>
-      this.push({ event: "#connect", payload: { id: this.socket.id, recovered: this.socket.recovered } }),
-    );
-    this.socket.on("disconnect", (reason) => this.push({ event: "#disconnect", payload: reason }));
+    everyone.push(this);
+    this.offsets = []; // every offset received, in order, for the socket's whole life
   }
 
-  push(entry) {
-    this.queue.push({ ...entry, at: now() });
-    for (const wake of this.waiters) wake();
-  }
-
-  async until(found, what, ms = WAIT) {
-    const deadline = now() + ms;
-    for (;;) {
-      const result = found();
-      if (result !== undefined) return result;
-      const left = deadline - now();
-      if (left <= 0) throw new Error(`${this.name}: ${what} not within ${ms} ms; got ${this.show()}`);
-      await new Promise((resolve) => {
-        const timer = setTimeout(done, left);
-        const self = this;
-        function done() {
-          clearTimeout(timer);
-          self.waiters.delete(done);
-          resolve();
-        }
-        this.waiters.add(done);
-      });
-    }
+  // Entries carry an offset too: {event, payload, offset, at}. The offset, when the server sends
+  // one, is the extra last argument: a string after the payload (our events have exactly one
+  // payload argument).
+  received(event, args) {
+    const offset = args.length > 1 ? args[args.length - 1] : undefined;
+    if (offset !== undefined) this.offsets.push(offset);
+    this.push({ event, payload: args[0], offset });
   }
 
   show() {
     return JSON.stringify(this.queue.map(({ event, payload, offset }) => [event, payload, offset]));
-  }
-
-  // The next `event` received (waiting for it), out of the queue: the whole entry.
-  async nextEntry(event, ms = WAIT) {
-    return this.until(
-      () => {
-        const i = this.queue.findIndex((e) => e.event === event);
-        return i >= 0 ? this.queue.splice(i, 1)[0] : undefined;
-      },
-      event,
-      ms,
-    );
-  }
-
-  async next(event, ms = WAIT) {
-    return (await this.nextEntry(event, ms)).payload;
-  }
-
-  // The next `n` entries, whatever they are, in the order they came.
-  async take(n, ms = WAIT) {
-    await this.until(() => (this.queue.length >= n ? true : undefined), `${n} events`, ms);
-    return this.queue.splice(0, n);
-  }
-
-  // Nothing (else) arrived: after a quiet while, the queue is empty.
-  async nothing(ms = QUIET) {
-    await sleep(ms);
-    assert.deepEqual(this.show(), "[]", `${this.name} received more than expected`);
-  }
-
-  connected() {
-    if (this.socket.connected) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      this.socket.once("connect", resolve);
-      this.socket.once("connect_error", reject);
-    });
-  }
-
-  emit(event, payload) {
-    this.socket.emit(event, payload);
-  }
-
-  ack(event, payload) {
-    return this.socket.timeout(WAIT).emitWithAck(event, payload);
   }
 
   // Connect and user:join as an app does (no ack): user:joined carries our socket id and, the
@@ -230,10 +127,6 @@ class User {
       this.offsets.map((_, i) => String(i + 1)),
       `${this.name}: offsets received`,
     );
-  }
-
-  close() {
-    this.socket.disconnect();
   }
 }
 
@@ -492,26 +385,15 @@ const scenarios = {
 
 // -- run -------------------------------------------------------------------------------------------
 
-const run = scenarios[scenario];
-if (!run) {
-  console.error(`unknown scenario ${scenario}`);
-  process.exit(2);
-}
-const killer = setTimeout(() => {
-  console.error(`scenario ${scenario} did not finish; queues: ${everyone.map((u) => `${u.name} ${u.show()}`).join("; ")}`);
-  process.exit(1);
-}, 45000);
-try {
-  await run();
-  clearTimeout(killer);
-  // Leave as an app does, and wait until the server has let go of every socket (a lost
-  // DISCONNECT would leave one detached for the recovery window).
-  for (const u of everyone) u.close();
-  await control("all-gone");
-  console.log("ok");
-  process.exit(0);
-} catch (err) {
-  console.error(err && err.stack ? err.stack : err);
-  console.error(`queues: ${everyone.map((u) => `${u.name} ${u.show()}`).join("; ")}`);
-  process.exit(1);
-}
+await play(
+  scenarios,
+  scenario,
+  45000,
+  async () => {
+    // Leave as an app does, and wait until the server has let go of every socket (a lost
+    // DISCONNECT would leave one detached for the recovery window).
+    for (const u of everyone) u.close();
+    await control("all-gone");
+  },
+  () => everyone.map((u) => `${u.name} ${u.show()}`).join("; "),
+);

@@ -19,26 +19,15 @@
 
 import { io } from "socket.io-client";
 import readline from "node:readline";
+import { WAIT, clientCommands, exit, printer } from "./lines.mjs";
 
 const [url, mode] = process.argv.slice(2);
 const TRANSPORTS = { websocket: ["websocket"], polling: ["polling"], default: undefined };
-const WAIT = 5000; // ms: the longest any one step may take
 const LIFETIME = 60000; // ms: a script the test forgot never outlives this
 
 const sockets = new Map();
 
-function out(type, fields = {}) {
-  process.stdout.write(JSON.stringify({ type, ...fields }) + "\n");
-}
-
-function exit(code) {
-  process.stdout.write("", () => process.exit(code));
-}
-
-function fail(err) {
-  out("error", { message: String(err && err.message), stack: String(err && err.stack) });
-  exit(1);
-}
+const { out, fail } = printer();
 
 function connect({ name, nsp = "/", auth, answer = true }) {
   const options = { forceNew: true, reconnection: false, timeout: WAIT };
@@ -57,28 +46,11 @@ function connect({ name, nsp = "/", auth, answer = true }) {
   });
 }
 
-function emit({ name, event, args = [], ack = false }) {
-  const socket = sockets.get(name);
-  if (socket === undefined) throw new Error(`no client ${name}`);
-  if (!ack) {
-    socket.emit(event, ...args);
-    return;
-  }
-  socket.timeout(WAIT).emit(event, ...args, (err, ...answer) => {
-    if (err) out("ack_timeout", { name, event });
-    else out("ack", { name, event, answer });
-  });
-}
-
-function end() {
-  for (const socket of sockets.values()) socket.disconnect();
-  out("end");
-  exit(0);
-}
+const { emit, close, end } = clientCommands(sockets, out);
 
 setTimeout(() => fail(new Error(`still running after ${LIFETIME} ms`)), LIFETIME).unref();
 
-const commands = { connect, emit, close: ({ name }) => sockets.get(name).disconnect(), end };
+const commands = { connect, emit, close, end };
 const input = readline.createInterface({ input: process.stdin });
 input.on("line", (line) => {
   if (!line.trim()) return;

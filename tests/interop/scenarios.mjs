@@ -8,35 +8,14 @@
 // 1 (after an {"type": "error"} line) when something it waited for did not happen.
 
 import { io, Manager } from "socket.io-client";
+import { WAIT, exit, next, plain, printer, within } from "./lines.mjs";
 
 const [scenario, url, mode] = process.argv.slice(2);
 const TRANSPORTS = { websocket: ["websocket"], polling: ["polling"], default: undefined };
-const WAIT = 5000; // ms: the longest any single step may take
 
 // -- output -------------------------------------------------------------------------------------
 
-function plain(v) {
-  if (Buffer.isBuffer(v)) return { $bytes: v.toString("hex") };
-  if (v instanceof ArrayBuffer) return { $bytes: Buffer.from(v).toString("hex") };
-  if (ArrayBuffer.isView(v)) return { $bytes: Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString("hex") };
-  if (Array.isArray(v)) return v.map(plain);
-  if (v !== null && typeof v === "object") return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, plain(x)]));
-  return v;
-}
-
-function out(type, fields = {}) {
-  process.stdout.write(JSON.stringify(plain({ type, ...fields })) + "\n");
-}
-
-// Exit once what was printed has been written (process.exit() alone may drop queued output).
-function exit(code) {
-  process.stdout.write("", () => process.exit(code));
-}
-
-function fail(err) {
-  out("error", { message: String(err && err.message), stack: String(err && err.stack) });
-  exit(1);
-}
+const { out, fail } = printer(plain);
 
 // -- helpers ------------------------------------------------------------------------------------
 
@@ -49,19 +28,6 @@ function options(extra = {}) {
 // A new client (its own Engine.IO session) on a namespace.
 function client(namespace = "/", extra = {}) {
   return io(url + (namespace === "/" ? "" : namespace), options({ forceNew: true, ...extra }));
-}
-
-function within(promise, what, ms = WAIT) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-// The arguments of the next `event` on `emitter`.
-function next(emitter, event, ms = WAIT) {
-  return within(new Promise((resolve) => emitter.once(event, (...args) => resolve(args))), event, ms);
 }
 
 // How a connect attempt ended: {ok: true, id} or {ok: false, message, data}.

@@ -59,12 +59,6 @@ class User extends Connection {
     everyone.push(this);
   }
 
-  // Nothing (else) arrived: after a quiet while, the queue is empty.
-  async nothing() {
-    await sleep(QUIET);
-    assert.deepEqual(this.queue, [], `${this.name} received more than expected`);
-  }
-
   // Connect and user:join as an app does (no ack): user:joined carries our socket id.
   async join(userId = this.name) {
     await this.connected();

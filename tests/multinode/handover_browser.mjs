@@ -21,6 +21,7 @@ import { createRequire } from "node:module";
 import net from "node:net";
 import path from "node:path";
 import { parseArgs } from "node:util";
+import { STEP_TIMEOUT, User as PageUser, allFrames, check, framesDecoded, waitConnected } from "../browser/page.mjs";
 
 // playwright-core is installed in tests/browser (npm ci there).
 const { chromium } = createRequire(new URL("../browser/", import.meta.url))("playwright-core");
@@ -35,7 +36,6 @@ const { values: opt } = parseArgs({
   },
 });
 
-const STEP_TIMEOUT = 15_000; // ms any one wait may take
 const SCENARIO_TIMEOUT = 60_000;
 const SHUTDOWN_TIMEOUT = 5; // s: the nodes' --shutdown-timeout
 const NODE_ARGS = ["--reconnect-grace", "10", "--shutdown-timeout", String(SHUTDOWN_TIMEOUT), "--node-timeout", "2",
@@ -44,10 +44,6 @@ const NODE_ARGS = ["--reconnect-grace", "10", "--shutdown-timeout", String(SHUTD
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + "\n");
 const step = (what, extra = {}) => out({ step: what, t: Math.round(performance.now()), ...extra });
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function check(ok, message) {
-  if (!ok) throw new Error(message);
-}
 
 async function freePort() {
   const server = net.createServer();
@@ -223,56 +219,7 @@ class RoundRobinProxy {
 
 // -- pages (as tests/browser/run.mjs) -------------------------------------------------------------
 
-class User {
-  constructor(name, page) {
-    this.name = name;
-    this.page = page;
-    this.problems = [];
-    this.console = [];
-    page.on("pageerror", (e) => this.problems.push(`${e.name}: ${e.message}`));
-    page.on("console", (m) => this.console.push(`${m.type()}: ${m.text()}`));
-  }
-
-  state() {
-    return this.page.evaluate(() => document.body.dataset.state);
-  }
-
-  async waitState(state) {
-    try {
-      await this.page.waitForFunction((s) => document.body.dataset.state === s, state, { timeout: STEP_TIMEOUT });
-    } catch {
-      throw new Error(`${this.name}: state stayed ${await this.state()}, wanted ${state}; it says: ${await this.words()}`);
-    }
-  }
-
-  async waitOutcome(code) {
-    try {
-      await this.page.waitForFunction((c) => document.body.dataset.outcome === c, code, { timeout: STEP_TIMEOUT });
-    } catch {
-      throw new Error(`${this.name}: outcome ${JSON.stringify(await this.page.evaluate(() => document.body.dataset.outcome))}, wanted ${code}; it says: ${await this.words()}`);
-    }
-    return this.page.textContent("#outcome");
-  }
-
-  async waitFor(what, fn, arg = null, timeout = STEP_TIMEOUT) {
-    try {
-      await this.page.waitForFunction(fn, arg, { timeout });
-    } catch {
-      throw new Error(`${this.name}: not ${what} within ${timeout} ms; it says: ${await this.words()} (state ${await this.state()})`);
-    }
-  }
-
-  recordEvents() {
-    return this.page.evaluate(() => {
-      window.testEvents = [];
-      window.demo.socket.onAny((event, payload) => window.testEvents.push({ event, payload, at: Date.now() }));
-    });
-  }
-
-  events(name) {
-    return this.page.evaluate((n) => window.testEvents.filter((e) => !n || e.event === n), name);
-  }
-
+class User extends PageUser {
   socket() {
     return this.page.evaluate(() => ({
       id: window.demo.socket.id,
@@ -280,17 +227,6 @@ class User {
       connected: window.demo.socket.connected,
       recovered: window.demo.socket.recovered,
     }));
-  }
-
-  words() {
-    return this.page.evaluate(() => [
-      document.getElementById("status").textContent,
-      document.getElementById("outcome").hidden ? "" : document.getElementById("outcome").textContent,
-    ].filter(Boolean).join(" / "));
-  }
-
-  log() {
-    return this.page.evaluate(() => [...document.querySelectorAll("#log li")].map((li) => li.textContent).reverse());
   }
 }
 
@@ -305,29 +241,6 @@ async function openUser(browser, base, name, peer) {
   await user.waitState("idle");
   step(`${name} joined`, await user.socket());
   return user;
-}
-
-async function waitConnected(user) {
-  try {
-    await user.page.waitForFunction(() => window.demo.pc?.connectionState === "connected", null, { timeout: STEP_TIMEOUT });
-  } catch {
-    const pcState = await user.page.evaluate(() => window.demo.pc?.connectionState ?? "no RTCPeerConnection");
-    throw new Error(`${user.name}: RTCPeerConnection is ${pcState}; it says: ${await user.words()}`);
-  }
-  await user.waitState("in-call");
-}
-
-function framesDecoded(user) {
-  return user.page.evaluate(async () => {
-    const stats = [...(await window.demo.pc.getStats()).values()];
-    return stats.filter((s) => s.type === "inbound-rtp" && s.kind === "video").reduce((n, s) => n + (s.framesDecoded ?? 0), 0);
-  });
-}
-
-async function allFrames(users) {
-  const frames = {};
-  for (const u of users) frames[u.name] = await framesDecoded(u);
-  return frames;
 }
 
 // Frames decoded rise by more than `more` on each side, within STEP_TIMEOUT (polled from here:

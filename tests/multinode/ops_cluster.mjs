@@ -15,45 +15,17 @@
 // the token of its latest `user:joined`.
 
 import assert from "node:assert/strict";
-import { createRequire } from "node:module";
-import { performance } from "node:perf_hooks";
-import readline from "node:readline";
-
-// socket.io-client is installed in tests/interop (npm ci there); this folder has no node_modules.
-const { io } = createRequire(new URL("../interop/", import.meta.url))("socket.io-client");
+// socket.io-client is installed in tests/interop (npm ci there), which user.mjs loads it from; this
+// folder has no node_modules.
+import { Recorder, WAIT, controlChannel, measurer, now, play, sleep } from "../interop/user.mjs";
 
 const [scenario, config] = process.argv.slice(2);
 const { nodes, proxy } = JSON.parse(config);
-const WAIT = 5000; // ms: the longest one expected event may take
-const QUIET = 200; // ms: how long "nothing arrives" is watched
 const RETRY = 100; // ms: reconnection delay (no randomization), so that a hand-over is short
 const LIMIT = 60000; // ms: the whole scenario
 
-const now = () => performance.now();
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-// -- the control channel to the test ----------------------------------------------------------------
-
-const answers = [];
-const asking = [];
-readline.createInterface({ input: process.stdin }).on("line", (line) => {
-  const waiter = asking.shift();
-  if (waiter) waiter(line);
-  else answers.push(line);
-});
-
-async function control(command) {
-  process.stdout.write(`@@ ${command}\n`);
-  const line = answers.length ? answers.shift() : await new Promise((resolve) => asking.push(resolve));
-  const space = line.indexOf(" ");
-  const [status, body] = space < 0 ? [line, ""] : [line.slice(0, space), line.slice(space + 1)];
-  if (status !== "ok") throw new Error(`the test could not ${command}: ${body}`);
-  return body ? JSON.parse(body) : null;
-}
-
-function measured(what) {
-  console.log(`TIME ${JSON.stringify({ scenario, ...what })}`);
-}
+const control = controlChannel();
+const measured = measurer({ scenario });
 
 // -- what an operator sees: HTTP endpoints ----------------------------------------------------------
 
@@ -127,111 +99,33 @@ const CANDIDATE = (port) => ({
 
 const everyone = [];
 
-class User {
+class User extends Recorder {
   constructor(name, url) {
-    everyone.push(this);
-    this.name = name;
-    this.queue = []; // {event, payload, at} not yet taken; "#connect" and "#disconnect" too
-    this.waiters = new Set();
-    this.token = undefined; // the resumeToken of the latest user:joined
-    this.joined = false;
-    this.socket = io(url, {
+    super(name, url, {
       transports: ["websocket"],
-      forceNew: true,
       reconnectionDelay: RETRY,
       reconnectionDelayMax: RETRY,
       randomizationFactor: 0,
     });
-    this.socket.onAny((event, payload) => {
-      if (event === "user:joined" && payload && payload.resumeToken) this.token = payload.resumeToken;
-      this.push({ event, payload });
-    });
+    everyone.push(this);
+    this.token = undefined; // the resumeToken of the latest user:joined
+    this.joined = false;
+    // The app's part of coming back: a new socket resumes the user with its token.
     this.socket.on("connect", () => {
-      const { id, recovered } = this.socket;
-      this.push({ event: "#connect", payload: { id, recovered } });
-      // The app's part of coming back: a new socket resumes the user with its token.
-      if (this.joined && !recovered) this.emit("user:join", { userId: this.name, resumeToken: this.token });
+      if (this.joined && !this.socket.recovered) this.emit("user:join", { userId: this.name, resumeToken: this.token });
     });
-    this.socket.on("disconnect", (reason) => this.push({ event: "#disconnect", payload: reason }));
   }
 
-  push(entry) {
-    this.queue.push({ ...entry, at: now() });
-    for (const wake of this.waiters) wake();
-  }
-
-  async until(found, what, ms = WAIT) {
-    const deadline = now() + ms;
-    for (;;) {
-      const result = found();
-      if (result !== undefined) return result;
-      const left = deadline - now();
-      if (left <= 0) throw new Error(`${this.name}: ${what} not within ${ms} ms; got ${this.show()}`);
-      await new Promise((resolve) => {
-        const timer = setTimeout(done, left);
-        const self = this;
-        function done() {
-          clearTimeout(timer);
-          self.waiters.delete(done);
-          resolve();
-        }
-        this.waiters.add(done);
-      });
-    }
-  }
-
-  show() {
-    return JSON.stringify(this.queue.map(({ event, payload }) => [event, payload]));
-  }
-
-  async nextEntry(event, ms = WAIT) {
-    return this.until(
-      () => {
-        const i = this.queue.findIndex((e) => e.event === event);
-        return i >= 0 ? this.queue.splice(i, 1)[0] : undefined;
-      },
-      event,
-      ms,
-    );
-  }
-
-  async next(event, ms = WAIT) {
-    return (await this.nextEntry(event, ms)).payload;
-  }
-
-  // The next `n` entries, whatever they are, in the order they came.
-  async take(n, ms = WAIT) {
-    await this.until(() => (this.queue.length >= n ? true : undefined), `${n} events`, ms);
-    return this.queue.splice(0, n);
-  }
-
-  // Nothing (else) arrived: after a quiet while, the queue is empty.
-  async nothing(ms = QUIET) {
-    await sleep(ms);
-    const when = this.queue.map((e) => `${e.event} at ${Math.round(e.at)} ms`).join(", ");
-    assert.equal(this.show(), "[]", `${this.name} received more than expected (${when})`);
+  received(event, args) {
+    const [payload] = args;
+    if (event === "user:joined" && payload && payload.resumeToken) this.token = payload.resumeToken;
+    super.received(event, args);
   }
 
   // Nothing arrived so far (no waiting): for checks that follow an event which came after anything
   // unwanted would have.
   none(what) {
     assert.equal(this.show(), "[]", `${this.name}: ${what}`);
-  }
-
-  connected() {
-    if (this.socket.connected) return Promise.resolve();
-    return new Promise((resolve, reject) => {
-      this.socket.once("connect", resolve);
-      this.socket.once("connect_error", reject);
-    });
-  }
-
-  emit(event, payload) {
-    this.socket.emit(event, payload);
-  }
-
-  ack(event, payload, ms = WAIT) {
-    return this.socket.timeout(ms).emitWithAck(event, payload);
   }
 
   // Connect and user:join (with an ack, as well as user:joined); the node it landed on.
@@ -253,10 +147,6 @@ class User {
     const id = this.socket.id;
     assert.match(id, /^[A-Za-z0-9_-]+\./, `${this.name}: socket id ${id} names no node`);
     return id.slice(0, id.indexOf("."));
-  }
-
-  close() {
-    this.socket.disconnect();
   }
 }
 
@@ -495,24 +385,12 @@ const scenarios = {
 
 // -- run -------------------------------------------------------------------------------------------
 
-const run = scenarios[scenario];
-if (!run) {
-  console.error(`unknown scenario ${scenario}`);
-  process.exit(2);
-}
-const killer = setTimeout(() => {
-  console.error(`scenario ${scenario} did not finish; queues: ${everyone.map((u) => `${u.name} ${u.show()}`).join("; ")}`);
-  process.exit(1);
-}, LIMIT);
-try {
-  await run();
-  clearTimeout(killer);
-  for (const u of everyone) u.close();
-  await sleep(50);
-  console.log("ok");
-  process.exit(0);
-} catch (err) {
-  console.error(err && err.stack ? err.stack : err);
-  console.error(`queues: ${everyone.map((u) => `${u.name} ${u.show()}`).join("; ")}`);
-  process.exit(1);
-}
+await play(
+  scenarios,
+  scenario,
+  LIMIT,
+  () => {
+    for (const u of everyone) u.close();
+  },
+  () => everyone.map((u) => `${u.name} ${u.show()}`).join("; "),
+);
