@@ -15,17 +15,14 @@ which arrives after everything sent before it (one connection keeps its order).
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import pytest
 import trio
 
-from _interop import NEEDS_NODE, NODE, StartServer
-from _paths import INTEROP
+from _interop import NEEDS_NODE, NODE, LineScript, StartServer
 from callbox import Socket, SocketIO
 from callbox.admin import instrument
 
@@ -38,56 +35,10 @@ ALL_FEATURES = ["EMIT", "JOIN", "LEAVE", "DISCONNECT", "MJOIN", "MLEAVE", "MDISC
                 "ALL_EVENTS"]
 
 
-class Clients:
+class Clients(LineScript):
     """One ``node admin_ui.mjs`` process: what its clients saw, and commands for them."""
 
-    def __init__(self, proc: trio.Process, argv: list[str]) -> None:
-        self.proc = proc
-        self.argv = argv
-        self.lines: list[dict[str, Any]] = []
-        self.raw: list[str] = []
-        self.ids: dict[str, str] = {}
-        self.eof = False
-        self._changed = trio.Event()
-
-    async def read(self) -> None:
-        assert self.proc.stdout is not None
-        buffer = b""
-        while chunk := await self.proc.stdout.receive_some(65536):
-            buffer += chunk
-            *done, buffer = buffer.split(b"\n")
-            for raw in done:
-                line = raw.decode(errors="replace")
-                self.raw.append(line)
-                try:
-                    value = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(value, dict) and "type" in value:
-                    self.lines.append(value)
-            self._changed.set()
-            self._changed = trio.Event()
-        self.eof = True
-        self._changed.set()
-
-    def transcript(self) -> str:
-        return "\n".join([" ".join(self.argv), *(line[:600] for line in self.raw)])
-
-    async def until(self, check: Callable[[], Any], what: str, seconds: float = WAIT) -> Any:
-        with trio.move_on_after(seconds):
-            while True:
-                if any(line["type"] == "error" for line in self.lines):
-                    raise AssertionError(f"the clients failed:\n{self.transcript()}")
-                if found := check():
-                    return found
-                if self.eof:
-                    break
-                await self._changed.wait()
-        raise AssertionError(f"not within {seconds} s: {what}\n{self.transcript()}")
-
-    async def send(self, **command: Any) -> None:
-        assert self.proc.stdin is not None
-        await self.proc.stdin.send_all((json.dumps(command) + "\n").encode())
+    transcript_width = 600
 
     def got(self, name: str, event: str) -> list[list[Any]]:
         """The arguments of each ``event`` that ``name`` got, in order."""
@@ -140,23 +91,13 @@ class Clients:
         )
         return list(line["answer"])
 
-    async def end(self) -> None:
-        await self.send(cmd="end")
-        with trio.fail_after(WAIT):
-            await self.proc.wait()
-        await self.until(lambda: self.eof, "the end of the output")
-        assert self.proc.returncode == 0, f"exit {self.proc.returncode}\n{self.transcript()}"
 
 
 async def clients(nursery: trio.Nursery, port: int) -> Clients:
     """Start ``node admin_ui.mjs`` against the server on ``port`` (killed when the test ends)."""
     assert NODE is not None
     argv = [NODE, "admin_ui.mjs", f"http://127.0.0.1:{port}"]
-    proc = await nursery.start(partial(
-        trio.run_process, argv, cwd=INTEROP, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, check=False,
-    ))
-    node = Clients(proc, argv)
+    node = Clients(await Clients.start(nursery, argv), argv)
     nursery.start_soon(node.read)
     return node
 

@@ -17,14 +17,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
-from functools import partial
 from typing import Any
 
 import pytest
 import trio
 
-from _interop import NEEDS_NODE, NODE, StartServer
+from _interop import NEEDS_NODE, NODE, StartServer, run_controlled
 from _paths import INTEROP
 from _raw import eventually
 from _tcpproxy import TcpProxy
@@ -145,39 +143,9 @@ class Served:
         assert NODE is not None
         argv = [NODE, str(SCRIPT), f"http://127.0.0.1:{self.port}", f"http://127.0.0.1:{self.proxy.port}",
                 scenario, mode]
-        out: list[str] = []
-        errors = bytearray()
-        with trio.fail_after(SCENARIO_LIMIT):
-            async with trio.open_nursery() as nursery:
-                proc: trio.Process = await nursery.start(partial(
-                    trio.run_process, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    check=False, env={**os.environ, **env},
-                ))
-                assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-
-                async def collect(stream: trio.abc.ReceiveStream) -> None:
-                    while chunk := await stream.receive_some(65536):
-                        errors.extend(chunk)
-
-                nursery.start_soon(collect, proc.stderr)
-                pending = b""
-                while chunk := await proc.stdout.receive_some(65536):
-                    pending += chunk
-                    while b"\n" in pending:
-                        raw, pending = pending.split(b"\n", 1)
-                        line = raw.decode()
-                        if not line.startswith("@@ "):
-                            out.append(line)
-                            continue
-                        answer = await self.command(line[3:])
-                        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                            await proc.stdin.send_all(answer.encode() + b"\n")
-                out.append(pending.decode())
-        report = "\n".join(out) + errors.decode()
-        assert proc.returncode == 0, f"{' '.join(argv)}\n{report}"
-        times = [json.loads(line[5:]) for line in out if line.startswith("TIME ")]
-        for t in times:
-            print("recovery time (ms):", json.dumps(t))
+        times = await run_controlled(
+            argv, self.command, SCENARIO_LIMIT, label="recovery time (ms)", env={**os.environ, **env}
+        )
         self.times.extend(times)
         return times
 

@@ -15,18 +15,14 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections import Counter
-from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import msgspec
 import pytest
 import trio
 
-from _interop import NEEDS_NODE, NODE, StartServer
-from _paths import INTEROP
+from _interop import NEEDS_NODE, NODE, LineScript, StartServer
 from _raw import eventually
 from callbox import ConnectionRefused, Namespace, Socket, SocketIO
 
@@ -36,64 +32,14 @@ WAIT = 5.0  # s: the longest any one step may take
 TRANSPORT_MODES = ["websocket", "polling"]
 
 
-class Clients:
+class Clients(LineScript):
     """One ``node rooms.mjs`` process: its clients by name, what they saw, and commands for them."""
 
     def __init__(self, proc: trio.Process, argv: list[str], app: SocketIO) -> None:
-        self.proc = proc
-        self.argv = argv
+        super().__init__(proc, argv)
         self.app = app
-        self.lines: list[dict[str, Any]] = []
-        self.raw: list[str] = []
-        self.ids: dict[str, str] = {}  # client name -> its socket id
         self.namespace: dict[str, str] = {}  # client name -> the namespace it asked for
-        self.eof = False
-        self._changed = trio.Event()
         self._flushes = 0
-
-    async def read(self) -> None:
-        """Read the script's output until it ends (a task of the test's nursery)."""
-        assert self.proc.stdout is not None
-        buffer = b""
-        while chunk := await self.proc.stdout.receive_some(65536):
-            buffer += chunk
-            *done, buffer = buffer.split(b"\n")
-            for raw in done:
-                line = raw.decode(errors="replace")
-                self.raw.append(line)
-                try:
-                    value = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(value, dict) and "type" in value:
-                    self.lines.append(value)
-            self._wake()
-        self.eof = True
-        self._wake()
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    def transcript(self) -> str:
-        return "\n".join([" ".join(self.argv), *(line[:500] for line in self.raw)])
-
-    async def until(self, check: Callable[[], Any], what: str, seconds: float = WAIT) -> Any:
-        """Wait (at most ``seconds``) for ``check()`` to be truthy; its value."""
-        with trio.move_on_after(seconds):
-            while True:
-                if any(line["type"] == "error" for line in self.lines):
-                    raise AssertionError(f"the clients failed:\n{self.transcript()}")
-                if found := check():
-                    return found
-                if self.eof:
-                    break
-                await self._changed.wait()
-        raise AssertionError(f"not within {seconds} s: {what}\n{self.transcript()}")
-
-    async def send(self, **command: Any) -> None:
-        assert self.proc.stdin is not None
-        await self.proc.stdin.send_all((json.dumps(command) + "\n").encode())
 
     def find(self, kind: str, name: str, **fields: Any) -> dict[str, Any] | None:
         for line in self.lines:
@@ -159,24 +105,13 @@ class Clients:
     def events(self, name: str) -> list[str]:
         return [event for event, _ in self.got(name)]
 
-    async def end(self) -> None:
-        """Every client leaves; the script exits 0."""
-        await self.send(cmd="end")
-        with trio.fail_after(WAIT):
-            await self.proc.wait()
-        await self.until(lambda: self.eof, "the end of the output")
-        assert self.proc.returncode == 0, f"exit {self.proc.returncode}\n{self.transcript()}"
 
 
 async def clients(nursery: trio.Nursery, app: SocketIO, port: int, mode: str = "websocket") -> Clients:
     """Start ``node rooms.mjs`` against the app on ``port`` (killed when the test ends)."""
     assert NODE is not None
     argv = [NODE, "rooms.mjs", f"http://127.0.0.1:{port}", mode]
-    proc = await nursery.start(partial(
-        trio.run_process, argv, cwd=INTEROP, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, check=False,
-    ))
-    node = Clients(proc, argv, app)
+    node = Clients(await Clients.start(nursery, argv), argv, app)
     nursery.start_soon(node.read)
     return node
 

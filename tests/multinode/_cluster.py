@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-from _interop import NODE
+from _interop import NODE, printed_times
 from _paths import INTEROP
 from _proc import _env, get, wait_until
 from _redis import RedisServer, redis_server
@@ -229,9 +229,7 @@ class Cluster:
             proc.stdout.close()
         report = "\n".join(out) + errors.read_text(errors="replace")
         assert proc.returncode == 0, f"{' '.join(argv)}\n{report}\n{self.logs()}"
-        times = [json.loads(line[5:]) for line in out if line.startswith("TIME ")]
-        for t in times:
-            print("cluster time (ms):", json.dumps(t))
+        times = printed_times(out, "cluster time (ms)")
         self.times.extend(times)
         return times
 

@@ -18,17 +18,15 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import trio
 
-from _interop import NODE
+from _interop import NODE, run_controlled
 from _proc import get
 
 SCRIPT = Path(__file__).resolve().parent / "ops_cluster.mjs"
@@ -154,40 +152,4 @@ async def play(
     added to the failure message (the nodes' logs)."""
     assert NODE is not None
     argv = [NODE, str(SCRIPT), scenario, json.dumps(config)]
-    out: list[str] = []
-    errors = bytearray()
-    with trio.fail_after(SCENARIO_LIMIT):
-        async with trio.open_nursery() as nursery:
-            proc: trio.Process = await nursery.start(partial(
-                trio.run_process, argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                check=False,
-            ))
-            assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-
-            async def collect(stream: trio.abc.ReceiveStream) -> None:
-                while chunk := await stream.receive_some(65536):
-                    errors.extend(chunk)
-
-            nursery.start_soon(collect, proc.stderr)
-            pending = b""
-            while chunk := await proc.stdout.receive_some(65536):
-                pending += chunk
-                while b"\n" in pending:
-                    raw, pending = pending.split(b"\n", 1)
-                    line = raw.decode()
-                    if not line.startswith("@@ "):
-                        out.append(line)
-                        continue
-                    try:
-                        answer = await command(line[3:])
-                    except AssertionError as exc:
-                        answer = f"fail {' '.join(str(exc).split())}"
-                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-                        await proc.stdin.send_all(answer.encode() + b"\n")
-            out.append(pending.decode())
-    report = "\n".join(out) + errors.decode()
-    assert proc.returncode == 0, f"{' '.join(argv)}\n{report}\n{logs()}"
-    times = [json.loads(line[5:]) for line in out if line.startswith("TIME ")]
-    for t in times:
-        print(f"{scenario} (ms):", json.dumps(t))
-    return times
+    return await run_controlled(argv, command, SCENARIO_LIMIT, label=f"{scenario} (ms)", logs=logs)
