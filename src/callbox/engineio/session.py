@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import enum
 import math
-from typing import Final
+from typing import Final, NoReturn
 
 import msgspec
 
@@ -479,12 +479,17 @@ class EngineSession:
         if self.state not in (_S.POLLING, _S.PROBING, _S.PROBED):
             raise TransportMismatch("POST on a session that is not polling")
         if self._post_pending:
-            if self.is_open:
-                self._outbox.clear()
-                self._outbox_bytes = 0
-                self.close(CloseReason.TRANSPORT_ERROR, now)
-            raise PollConflict()
+            self._conflict(now)
         self._post_pending = True
+
+    def _conflict(self, now: float) -> NoReturn:
+        """A second GET, or POST, while the first is being handled: the session closes (the first
+        GET gets the close packet, and nothing that was queued before it)."""
+        if self.is_open:
+            self._outbox.clear()
+            self._outbox_bytes = 0
+            self.close(CloseReason.TRANSPORT_ERROR, now)
+        raise PollConflict()
 
     def end_post(self) -> None:
         """The POST begun with :meth:`begin_post` was answered (or failed)."""
@@ -523,12 +528,7 @@ class EngineSession:
         if self.state not in (_S.POLLING, _S.PROBING, _S.PROBED, _S.CLOSING):
             raise TransportMismatch("GET on a session that is not polling")
         if self._poll_pending:
-            if self.is_open:
-                # The first GET gets the close packet, and nothing that was queued before it.
-                self._outbox.clear()
-                self._outbox_bytes = 0
-                self.close(CloseReason.TRANSPORT_ERROR, now)
-            raise PollConflict()
+            self._conflict(now)
         self._poll_pending = True
 
     @property

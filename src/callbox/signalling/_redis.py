@@ -176,15 +176,17 @@ end
 
 -- users
 
-local function get_user(id)
-  local user = users[id]
-  if user == nil then
-    local raw = redis.call('GET', P .. 'user:' .. id)
-    user = raw and cjson.decode(raw) or false
-    users[id] = user
+local function load(cache, kind, id)  -- a record, read from Redis once per script
+  local record = cache[id]
+  if record == nil then
+    local raw = redis.call('GET', P .. kind .. ':' .. id)
+    record = raw and cjson.decode(raw) or false
+    cache[id] = record
   end
-  return user or nil
+  return record or nil
 end
+
+local function get_user(id) return load(users, 'user', id) end
 
 local function put_user(user)
   users[user.id] = user
@@ -229,15 +231,7 @@ end
 
 -- calls
 
-local function get_call(id)
-  local call = calls[id]
-  if call == nil then
-    local raw = redis.call('GET', P .. 'call:' .. id)
-    call = raw and cjson.decode(raw) or false
-    calls[id] = call
-  end
-  return call or nil
-end
+local function get_call(id) return load(calls, 'call', id) end
 
 local function put_call(call)
   calls[call.id] = call

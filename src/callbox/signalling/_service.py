@@ -120,10 +120,6 @@ class Transport(Protocol):
 class Shared(Protocol):
     """What the service needs from the other nodes when several share the registry (:mod:`._cluster`)."""
 
-    def here(self, socket_id: str) -> bool:
-        """Whether session ``socket_id`` is this node's (its own, or one of a dead node it claimed)."""
-        ...
-
     async def deadline(self, kind: str, key: str, seconds: float) -> None:
         """:meth:`Signalling.deadline_passed` runs (on some node, once) ``seconds`` from now."""
         ...
