@@ -81,7 +81,7 @@ CASES = [
     Case("EIO-20", "a close packet with data", "websocket", ["1junk"], None, None, True),
 ]
 
-OTHER_IDS = ["EIO-21", "EIO-22", "EIO-23", "EIO-24", "EIO-25", "EIO-26", "EIO-27"]
+OTHER_IDS = ["EIO-21", "EIO-22", "EIO-23", "EIO-24", "EIO-25", "EIO-26", "EIO-27", "EIO-28"]
 CASE_IDS = [c.id for c in CASES] + OTHER_IDS
 
 
@@ -202,3 +202,26 @@ async def test_second_concurrent_poll_ends_the_session(server: Proc, bystanders:
     await b.close()
     await bystanders.check()  # type: ignore[attr-defined]
 
+
+
+async def test_second_concurrent_post_ends_the_session(server: Proc, bystanders: object, nursery: trio.Nursery) -> None:
+    """EIO-28: a second POST while the first is still being handled (its body not all sent yet)
+    gets 400 code 3 and ends the session, as a second GET does (Engine.IO v4): a transport error,
+    so the partner gets call:reconnecting."""
+    a, b, call_id = await call_pair(nursery, server.port, "dpo", ("polling", "websocket"))
+    first = await trio.open_tcp_stream("127.0.0.1", server.port)
+    head = (f"POST {eio_target('polling', a.eio_sid)} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            "Content-Type: text/plain;charset=UTF-8\r\nContent-Length: 10\r\n\r\n6")
+    await first.send_all(head.encode())  # 1 byte of 10: the server is reading this POST's body
+    try:
+        conn = await HTTPConnection.open(server.port)
+        resp = await conn.request("POST", eio_target("polling", a.eio_sid), b"6",
+                                  [("Content-Type", "text/plain;charset=UTF-8")])
+        await conn.aclose()
+        assert (resp.status, resp.body) == (400, error(3))
+        await b.expect("call:reconnecting", callId=call_id)
+        await a.wait_closed()
+    finally:
+        await first.aclose()
+    await b.close()
+    await bystanders.check()  # type: ignore[attr-defined]
