@@ -16,8 +16,10 @@ session task, which drains it with ``send_all``. TLS streams have no such shortc
 writes everything.
 
 A reader batches: while it handles the frames of one read (:func:`batched_writes`), what its
-handlers send to a WebSocket is written when the read is handled, one write per receiving socket
-instead of one per message. A write to a socket whose peer is idle costs a wake-up on the other
+handlers send to a WebSocket is written when the read is handled and the reader has yielded once to
+the others (so that what their handlers send to the same sockets meanwhile goes in the same write),
+one write per receiving socket instead of one per message. A socket may be in several readers'
+batches at once: the first to end writes everything queued for it. A write to a socket whose peer is idle costs a wake-up on the other
 side (measured here: 11 us of CPU for an isolated write against 0.7 us back to back), so fewer,
 larger writes are what keeps a relay cheap. A handler that waits (awaits something slow) delays
 what it and the handlers before it in the same read sent, until it returns; except that waiting for
@@ -74,7 +76,7 @@ class EngineSocket:
         self._stream: Any = None
         self._fd = -1  # its socket, for writes from the sender's task (-1: TLS, always the session task)
         self._leftover = b""  # encoded frames the kernel did not take at once: the session task writes them
-        self._batched = False  # in a reader's batch: written when that reader has handled its read
+        self._batched: batched_writes | None = None  # the last reader's batch it joined
         self._ws_scope: trio.CancelScope | None = None  # cancels that WebSocket's reader
         self._probe: tuple[WSCodec, Any, trio.CancelScope] | None = None  # a WebSocket probing to upgrade
         # The session task and the reader (pongs to WebSocket pings, close answers) both write to
@@ -170,7 +172,8 @@ class batched_writes:  # lower case: it reads as a function, ``with batched_writ
         _BATCH.reset(self._token)
         self.open = False
         for sock in self.sockets:
-            sock._batched = False
+            if sock._batched is self:
+                sock._batched = None
             _write_or_wake(sock)
 
 
@@ -182,7 +185,8 @@ def flush_writes() -> None:
         return
     sockets, batch.sockets = batch.sockets, []
     for sock in sockets:
-        sock._batched = False
+        if sock._batched is batch:
+            sock._batched = None
         _write_or_wake(sock)
 
 
@@ -221,8 +225,8 @@ def apply(sock: EngineSocket) -> None:
             batch = _BATCH.get()
             if batch is None or not batch.open:
                 _write_or_wake(sock)
-            elif not sock._batched:
-                sock._batched = True
+            elif sock._batched is not batch:
+                sock._batched = batch
                 batch.sockets.append(sock)
         elif effect is Effect.LOST:
             sock.wake()

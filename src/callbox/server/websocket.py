@@ -121,16 +121,16 @@ async def run_websocket_session(server: EngineServer, sock: EngineSocket, ws: WS
                     continue
                 if data is None:
                     continue  # readable now: read it at the top
-            else:
-                # Yield once per read, so that a client that never stops sending cannot keep the
-                # others waiting; and check the heartbeat, which no deadline watches meanwhile.
-                await trio.lowlevel.checkpoint()
-                if trio.current_time() >= core.next_deadline():
-                    tick(sock)
+            elif trio.current_time() >= core.next_deadline():
+                tick(sock)  # the heartbeat, which no deadline watches while the client keeps sending
             if not data:
                 break
             with batched_writes():
                 await _handle_read(server, sock, ws, None, data, control)
+                # Yield once per read, so that a client that never stops sending cannot keep the
+                # others waiting; with the writes still gathered, so that what the others' handlers
+                # send to the same sockets meanwhile goes out in the same writes.
+                await trio.lowlevel.checkpoint()
             if control:
                 # Pongs to a client that does not read its pongs would block here for ever: the
                 # heartbeat's verdict bounds it, as it bounds every write.
