@@ -19,7 +19,7 @@ import trio
 from ..engineio import CloseReason, EngineIOProtocolError, SessionState
 from .http import Handshake
 from .routing import websocket_key
-from .session import EngineSocket, apply, batched_writes, flush_websocket, tick
+from .session import EngineSocket, apply, batched_writes, flush_websocket, tick, write_or_wake
 from .wsframe import (
     BINARY,
     CLOSE,
@@ -99,6 +99,8 @@ async def run_websocket_session(server: EngineServer, sock: EngineSocket, ws: WS
     try:
         await server.start_session(sock)
         while core.state is not SessionState.CLOSED:
+            if core.has_output and not sock._leftover:
+                write_or_wake(sock)  # what another reader's batch holds for us: without waiting, if it can
             if sock._leftover or core.has_output:
                 await flush_websocket(sock)  # a write was in flight, the kernel was full, TLS, or closing
                 continue
