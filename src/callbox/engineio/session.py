@@ -39,6 +39,7 @@ from typing import Final, NoReturn
 
 import msgspec
 
+from ..enums import TableEnum
 from ..ratelimit import refill
 from .packet import (
     RECORD_SEPARATOR,
@@ -90,7 +91,7 @@ def _wire_size(item: str | bytes) -> int:
     return len(item.encode("utf-8"))
 
 
-class SessionState(enum.Enum):
+class SessionState(TableEnum):
     POLLING = "polling"
     PROBING = "probing"  # a WebSocket is attached for the upgrade; "2probe" not yet seen
     PROBED = "probed"  # "3probe" answered; waiting for "5"
@@ -99,7 +100,7 @@ class SessionState(enum.Enum):
     CLOSED = "closed"
 
 
-class Input(enum.Enum):
+class Input(TableEnum):
     """What can happen to a session (the columns of ``TRANSITIONS``)."""
 
     WS_ATTACHED = "a WebSocket arrived for the upgrade"
@@ -130,12 +131,12 @@ TRANSITIONS: dict[tuple[SessionState, Input], SessionState] = {
 }
 
 
-class Heartbeat(enum.Enum):
+class Heartbeat(TableEnum):
     WAITING = "waiting"  # a ping is due at the deadline
     AWAITING_PONG = "awaiting pong"  # the session is lost at the deadline
 
 
-class Beat(enum.Enum):
+class Beat(TableEnum):
     """What can happen to the heartbeat (the columns of ``HEARTBEAT``)."""
 
     DEADLINE = "its deadline passed"

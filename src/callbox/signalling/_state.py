@@ -47,6 +47,8 @@ import enum
 from collections.abc import Mapping
 from typing import Final, TypeVar
 
+from ..enums import TableEnum
+
 __all__ = [
     "UserState",
     "UserEvent",
@@ -89,7 +91,7 @@ def transition(table: Mapping[S, Mapping[E, S]], state: S, event: E) -> S:
 # -- users --------------------------------------------------------------------------------------
 
 
-class UserState(enum.Enum):
+class UserState(TableEnum):
     """Where a user id stands (``USER_TRANSITIONS``; protocol/signalling.md, State machines)."""
 
     OFFLINE = "offline"
@@ -98,7 +100,7 @@ class UserState(enum.Enum):
     RECONNECTING = "reconnecting"  # the connection of its device in the call was lost; the call waits
 
 
-class UserEvent(enum.Enum):
+class UserEvent(TableEnum):
     """What moves a user's machine."""
 
     JOIN = "join"  # user:join from a socket
@@ -120,7 +122,7 @@ USER_TRANSITIONS: Final[Mapping[UserState, Mapping[UserEvent, UserState]]] = {
 # -- calls --------------------------------------------------------------------------------------
 
 
-class CallState(enum.Enum):
+class CallState(TableEnum):
     """Where a call stands (``CALL_TRANSITIONS``)."""
 
     INITIATING = "initiating"
@@ -131,7 +133,7 @@ class CallState(enum.Enum):
     ENDED = "ended"
 
 
-class CallEvent(enum.Enum):
+class CallEvent(TableEnum):
     """What moves a call's machine; ``CALL_ACTORS`` says who may make each move."""
 
     RING = "ring"  # the callee was sent call:incoming
@@ -148,7 +150,7 @@ class CallEvent(enum.Enum):
     CLOSE = "close"  # both parties told and released: the call is gone
 
 
-class Role(enum.Enum):
+class Role(TableEnum):
     """Who makes a move of a call: one of its parties, or the server (a timer)."""
 
     CALLER = "caller"

@@ -20,8 +20,7 @@ DISCONNECT for a namespace it is not in); a move with no row is a bug of ours an
 
 from __future__ import annotations
 
-import enum
-
+from ..enums import TableEnum
 from .packet import Decoder, Packet, PacketType
 
 __all__ = ["IllegalTransition", "NAMESPACE_TRANSITIONS", "NsInput", "NsState", "SocketIOSession"]
@@ -34,13 +33,13 @@ class IllegalTransition(RuntimeError):
     """Our own code asked for a move the namespace table does not allow."""
 
 
-class NsState(enum.Enum):
+class NsState(TableEnum):
     ABSENT = "absent"
     CONNECTING = "connecting"  # the connect handler (or middleware) is deciding
     CONNECTED = "connected"
 
 
-class NsInput(enum.Enum):
+class NsInput(TableEnum):
     CONNECT = "CONNECT from the client"
     ACCEPTED = "the connect handler let it in"
     REFUSED = "the connect handler refused it"
