@@ -96,6 +96,7 @@ async def run_websocket_session(server: EngineServer, sock: EngineSocket, ws: WS
     reason = CloseReason.TRANSPORT_CLOSE
     control: list[bytes] = []  # frames the reader answers itself (pong, close)
     fd = sock._fd  # -1 for TLS: read through the stream
+    probe = woke = True
     try:
         await server.start_session(sock)
         while core.state is not SessionState.CLOSED:
@@ -106,8 +107,12 @@ async def run_websocket_session(server: EngineServer, sock: EngineSocket, ws: WS
                 continue
             # Read what the socket already has without waiting or setting up a deadline (a client
             # that keeps sending is read at the cost of one read each time); only an empty socket
-            # waits, until data comes, a heartbeat deadline passes, or a writer wakes us.
-            data = _read_now(fd, server.RECEIVE_SIZE) if fd >= 0 else None
+            # waits, until data comes, a heartbeat deadline passes, or a writer wakes us. After a
+            # read that followed a wait (a client that sends one message and waits for the answer)
+            # the socket is most likely empty: wait at once, which sees data that came meanwhile,
+            # rather than pay a read that finds nothing (a system call per message in a call flow).
+            data = _read_now(fd, server.RECEIVE_SIZE) if fd >= 0 and probe else None
+            after_wake, woke = woke, False
             if data is None:
                 with trio.CancelScope(deadline=core.next_deadline()) as wait:
                     sock._wait_scope = wait  # woken (cancelled) when there is something to write
@@ -122,11 +127,13 @@ async def run_websocket_session(server: EngineServer, sock: EngineSocket, ws: WS
                     tick(sock)
                     continue
                 if data is None:
+                    probe = woke = True
                     continue  # readable now: read it at the top
             elif trio.current_time() >= core.next_deadline():
                 tick(sock)  # the heartbeat, which no deadline watches while the client keeps sending
             if not data:
                 break
+            probe = not after_wake
             with batched_writes():
                 await _handle_read(server, sock, ws, None, data, control)
                 # Yield once per read, so that a client that never stops sending cannot keep the
