@@ -63,6 +63,11 @@ def _scaled(get: Callable[[dict[str, Any]], float | None], k: float) -> Callable
     return lambda r: None if (v := get(r)) is None else v * k
 
 
+def _per(key: str, count: str) -> Callable[[dict[str, Any]], float | None]:
+    """r[key] / r[count]: None if either is missing or the count is 0."""
+    return lambda r: r[key] / r[count] if r.get(key) is not None and r.get(count) else None
+
+
 def metrics(scenarios: list[str]) -> list[Metric]:
     out = []
     for s in scenarios:
@@ -91,6 +96,11 @@ def metrics(scenarios: list[str]) -> list[Metric]:
                 Metric(f"{s}.rate", s, f"call flows per second{w}", "flows/s", _at("flows_per_s"), "higher"),
                 Metric(f"{s}.cpu_per_flow", s, f"server CPU per call flow{w}", "us",
                        lambda r: r["server_cpu"] / r["flows"] * 1e6 if r.get("flows") else None, "lower"),
+                # read-family and write-family system calls (/proc/PID/io syscr, syscw: not recv*/send*)
+                Metric(f"{s}.reads_per_flow", s, f"server read system calls per call flow{w}", "syscalls",
+                       _per("server_reads", "flows"), "lower", 2),
+                Metric(f"{s}.writes_per_flow", s, f"server write system calls per call flow{w}", "syscalls",
+                       _per("server_writes", "flows"), "lower", 2),
                 Metric(f"{s}.setup_p50", s, f"set-up (initiate to answer) p50{w}", "ms", _at("setup", "p50_ms"),
                        "lower", 1),
                 Metric(f"{s}.setup_p99", s, f"set-up p99{w}", "ms", _at("setup", "p99_ms"), "lower", 1),
@@ -102,6 +112,10 @@ def metrics(scenarios: list[str]) -> list[Metric]:
                 Metric(f"{s}.rate", s, f"relayed msgs/s{w}", "msgs/s", _at("rate"), "higher"),
                 Metric(f"{s}.per_cpu", s, f"relayed msgs per server CPU-second{w}", "msgs/CPU-s",
                        _at("per_server_cpu_s"), "higher"),
+                Metric(f"{s}.reads_per_msg", s, f"server read system calls per relayed msg{w}", "syscalls",
+                       _per("server_reads", "relayed"), "lower", 2),
+                Metric(f"{s}.writes_per_msg", s, f"server write system calls per relayed msg{w}", "syscalls",
+                       _per("server_writes", "relayed"), "lower", 2),
                 Metric(f"{s}.p50", s, f"relay p50{w}", "ms", _at("p50_ms"), "lower", 2),
                 Metric(f"{s}.p99", s, f"relay p99{w}", "ms", _at("p99_ms"), "lower", 2),
             ]

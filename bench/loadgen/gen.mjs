@@ -56,6 +56,30 @@ function serverCpu() {
   for (const pid of PIDS) total += cpuOf(pid);
   return total;
 }
+// Read-family and write-family system calls (/proc/PID/io's syscr and syscw), summed over the
+// server's processes; null if any can not be read (not Linux, another user's process). These count
+// read/readv/pread and write/writev/pwrite (on sockets too), not recv*/send* (recvfrom,
+// recvmsg, sendto, sendmsg): a server that moves bytes with those shows fewer than it makes.
+function ioOf(pid) {
+  try {
+    const io = readFileSync(`/proc/${pid}/io`, "latin1");
+    const r = /^syscr:\s*(\d+)/m.exec(io);
+    const w = /^syscw:\s*(\d+)/m.exec(io);
+    return r && w ? { reads: Number(r[1]), writes: Number(w[1]) } : null;
+  } catch {
+    return null;
+  }
+}
+function serverIo() {
+  const total = { reads: 0, writes: 0 };
+  for (const pid of PIDS) {
+    const io = ioOf(pid);
+    if (!io) return null;
+    total.reads += io.reads;
+    total.writes += io.writes;
+  }
+  return PIDS.length ? total : null;
+}
 function serverRss() {
   if (!opts.pid) return 0;
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${opts.pid}/status`, "latin1"));
@@ -68,10 +92,12 @@ const ownSys = () => process.cpuUsage().system / 1e6;
 // the TCP socket, that is `socket.write` in --write each, an uncork in --write batched).
 const sent = { frames: 0, writes: 0 };
 
-// A measurement window: wall time, the server's CPU and the generator's own CPU.
+// A measurement window: wall time, the server's CPU and read/write system calls, and the
+// generator's own CPU.
 class Window {
   constructor() {
     this.each = PIDS.map(cpuOf);
+    this.io = serverIo();
     this.t = now(); this.s = serverCpu(); this.g = ownCpu(); this.k = ownSys();
     this.f = sent.frames; this.w = sent.writes;
   }
@@ -80,8 +106,10 @@ class Window {
     const frames = sent.frames - this.f;
     const each = PIDS.map(cpuOf);
     const writes = sent.writes - this.w;
+    const io = this.io && serverIo();
     return {
       wall, server_cpu: serverCpu() - this.s, gen_cpu: ownCpu() - this.g, gen_sys_cpu: ownSys() - this.k,
+      server_reads: io ? io.reads - this.io.reads : null, server_writes: io ? io.writes - this.io.writes : null,
       // each server process's own share (several nodes: which one is the limit)
       cpu_by_pid: PIDS.length > 1 ? Object.fromEntries(PIDS.map((p, i) => [p, each[i] - this.each[i]])) : undefined,
       write: opts.client === "raw" ? opts.write : null, frames_sent: frames, socket_writes: writes,
