@@ -27,6 +27,7 @@ import datetime
 import json
 import os
 import platform
+import pstats
 import resource
 import shutil
 import signal
@@ -202,12 +203,12 @@ def _die_with_parent() -> None:
 class Server:
     """One server process, started fresh, pinned to the server core."""
 
-    def __init__(self, name: str, logs: Path, ring_timeout: float = 30.0) -> None:
+    def __init__(self, name: str, logs: Path, ring_timeout: float = 30.0, wrap: tuple[str, ...] = ()) -> None:
         self.name = name
         self.port = free_port()
         self.log_path = logs / f"{name}-{self.port}.log"
         self.log = open(self.log_path, "wb")  # closed in stop()
-        command = ["taskset", "-c", SERVER_CORE, *server_command(name, self.port, ring_timeout)]
+        command = ["taskset", "-c", SERVER_CORE, *wrap, *server_command(name, self.port, ring_timeout)]
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
                                      preexec_fn=_die_with_parent)
@@ -260,8 +261,8 @@ class Server:
 
 
 @contextlib.contextmanager
-def running(name: str, logs: Path, ring_timeout: float = 30.0) -> Iterator[Server]:
-    server = Server(name, logs, ring_timeout)
+def running(name: str, logs: Path, ring_timeout: float = 30.0, wrap: tuple[str, ...] = ()) -> Iterator[Server]:
+    server = Server(name, logs, ring_timeout, wrap)
     try:
         yield server
     finally:
@@ -482,6 +483,50 @@ def profile(args: argparse.Namespace) -> int:
     return 0
 
 
+# What one unit of a scenario is, for `calls`: the handler run once per relayed message (relay) and
+# once per call flow (flows), counted by cProfile like everything else.
+UNIT_OF = {"relay": ("_candidate", "relayed message"), "flows": ("_initiate", "call flow")}
+
+
+def calls(args: argparse.Namespace) -> int:
+    """Python function calls per relayed message (or per call flow): callbox runs under cProfile
+    while the generator drives the scenario, then stops (SIGINT) and the counts are read. Unlike
+    times, counts hardly move with the machine's noise: a figure for how long the hot path is."""
+    if not args.no_setup:
+        install.ensure()
+    if args.scenario not in UNIT_OF:
+        raise SystemExit(f"calls: --scenario is relay or flows, not {args.scenario}")
+    marker, unit = UNIT_OF[args.scenario]
+    logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
+    out = logs / "calls.prof"
+    write = "each" if args.write_mode == "each" else "batched"
+    plan = Plan(warmup=1.0, duration=float(args.duration))
+    wrap = (sys.executable, "-m", "cProfile", "-o", str(out))
+    with running("callbox", logs, wrap=wrap) as server:
+        options = ({"pairs": plan.pairs, "window": plan.window} if args.scenario == "relay"
+                   else {"calls": plan.calls, "ice": plan.ice})
+        result = generate(args.scenario, server, plan, warmup=plan.warmup, duration=plan.duration, write=write,
+                          **options)
+        server.proc.send_signal(signal.SIGINT)  # a clean exit, so that cProfile writes its counts
+        server.proc.wait(30)
+    if "error" in result or not out.exists():
+        print(f"bench calls: {result.get('error', 'no profile written')}: {server.tail()}")
+        return 1
+    stats = pstats.Stats(str(out)).stats
+    units = sum(v[1] for k, v in stats.items() if k[2] == marker and k[0].endswith("_service.py"))
+    total = sum(v[1] for v in stats.values())
+    ours = sum(v[1] for k, v in stats.items() if "/callbox/" in k[0])
+    print(f"callbox under cProfile, {args.scenario} ({write} writes), {units:,} units ({unit}), whole run "
+          f"(start-up and connecting included: a few % at this length)")
+    print(f"function calls per {unit}: {total / units:.1f} in all, {ours / units:.1f} of them callbox's own")
+    print(f"most called per {unit}:")
+    top = sorted(stats.items(), key=lambda kv: kv[1][1], reverse=True)[:args.top]
+    for (path, line, name), v in top:
+        where = "built-in" if path == "~" else f"{path.split('site-packages/')[-1].split('/src/')[-1]}:{line}"
+        print(f"  {v[1] / units:7.2f}  {name} ({where})")
+    return 0
+
+
 # -- which load generator --------------------------------------------------------------------------
 
 
@@ -544,7 +589,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _terminated)
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("command", nargs="?", default="run",
-                        choices=["run", "setup", "profile", "generators", "report"])
+                        choices=["run", "setup", "profile", "calls", "generators", "report"])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one round: checks that the suite works")
     parser.add_argument("--rounds", type=int, default=0, help="rounds (default 5; smoke 1)")
     parser.add_argument("--servers", default=",".join(SERVERS), help="comma separated: callbox,pysio,node")
@@ -558,13 +603,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-setup", action="store_true", help="do not install missing bench packages")
     parser.add_argument("--server", default="callbox", help="profile: the Python server to profile")
     parser.add_argument("--scenario", default="relay", help="profile: relay, fixed, flows or ramp")
-    parser.add_argument("--duration", type=int, default=10, help="profile: seconds of sampling")
+    parser.add_argument("--duration", type=int, default=10, help="profile, calls: seconds of sampling")
+    parser.add_argument("--top", type=int, default=40, help="calls: how many functions to list")
     args = parser.parse_args(argv)
     if args.command == "setup":
         install.ensure()
         return 0
     if args.command == "profile":
         return profile(args)
+    if args.command == "calls":
+        return calls(args)
     if args.command == "generators":
         return compare_generators(args)
     if args.command == "report":  # the table and the chart again, from a run's JSON
