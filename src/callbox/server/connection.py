@@ -30,6 +30,7 @@ from .routing import (
     route,
     smuggling_shape,
 )
+from .session import send_now
 from .websocket import open_websocket, read_websocket, run_websocket_session
 
 if TYPE_CHECKING:
@@ -279,7 +280,7 @@ class Connection:
         if body and not head:
             out.append(conn.send(h11.Data(data=body)) or b"")
         out.append(conn.send(h11.EndOfMessage()) or b"")
-        await self.stream.send_all(b"".join(out))
+        await send_now(self.stream, b"".join(out))
 
     async def respond_and_close(self, status: int, body: bytes, *, retry_after: bool = False) -> None:
         """A plain-text answer, then the connection closes."""

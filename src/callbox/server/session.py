@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from .engine import EngineApp, EngineServer
 
 __all__ = [
-    "EngineSocket", "apply", "batched_writes", "flush_websocket", "flush_writes", "run_session", "tick",
+    "EngineSocket", "apply", "batched_writes", "flush_websocket", "flush_writes", "run_session", "send_now", "tick",
     "write_or_wake",
 ]
 
@@ -199,6 +199,25 @@ def flush_writes() -> None:
 # The batch of the current task, if it is a reader handling one read. A ContextVar, so it is the
 # reader's own; a task started meanwhile inherits it, and writes at once once the batch is done.
 _BATCH: ContextVar[batched_writes | None] = ContextVar("callbox_write_batch", default=None)
+
+
+async def send_now(stream: Any, data: bytes) -> None:
+    """``stream.send_all(data)``, except that a plain TCP socket is written directly first, without
+    waiting (the same non-blocking ``os.write`` as a session's writes): trio's ``send_all`` costs about
+    9 us of CPU here against 0.5 us for the system call, on every HTTP answer and every 101. Only what
+    the kernel does not take at once goes through ``send_all``. Unlike ``send_all`` it is no
+    checkpoint when the kernel takes everything."""
+    if isinstance(stream, trio.SocketStream):
+        try:
+            written = os.write(stream.socket.fileno(), data)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            raise trio.BrokenResourceError(str(exc)) from exc
+        if written == len(data):
+            return
+        data = data[written:]
+    await stream.send_all(data)
 
 
 def tick(sock: EngineSocket) -> None:

@@ -19,7 +19,7 @@ import trio
 from ..engineio import CloseReason, EngineIOProtocolError, SessionState
 from .http import Handshake
 from .routing import websocket_key
-from .session import EngineSocket, apply, batched_writes, flush_websocket, tick, write_or_wake
+from .session import EngineSocket, apply, batched_writes, flush_websocket, send_now, tick, write_or_wake
 from .wsframe import (
     BINARY,
     CLOSE,
@@ -72,10 +72,10 @@ async def open_websocket(
     if sock is None:
         sock = server.new_session(conn.address, websocket=True, base64=base64, handshake=handshake, app=app)
         opening = sock.core.handshake_packet(upgrades=[], max_payload=cfg.max_payload)
-        await stream.send_all(head + ws.message(opening))  # the 101 and the open packet: one write
+        await send_now(stream, head + ws.message(opening))  # the 101 and the open packet: one write
         sock.carry(ws, stream)
         return sock, ws  # run_websocket_session starts it, inside the try that ends it
-    await stream.send_all(head)
+    await send_now(stream, head)
     try:
         sock.core.begin_upgrade(trio.current_time())
     except EngineIOProtocolError:
