@@ -24,10 +24,11 @@ writes everything queued for it. A write to a socket whose peer is idle costs a 
 other side (measured here: 11 us of CPU for an isolated write against 0.7 us back to back), so
 fewer, larger writes are what keeps a relay cheap (holding them for the yield: relay per server
 CPU-second +13%, call flows +14%; at 4,000 relays/s, far from saturation, about 6% more CPU per
-relay: a reader woken for one message makes one more turn of trio's loop before it writes). A handler that waits (awaits something slow) delays what it and the handlers before it in
-the same read sent, until it returns; except that waiting for a client's answer
-(:meth:`Socket.call`, a broadcast's acks) writes what was sent first (:func:`flush_writes`), since
-that answer may depend on it.
+relay: a reader woken for one message makes one more turn of trio's loop before it writes). A
+handler that waits (awaits something slow) delays what it and the handlers before it in the same
+read sent, until it returns; except that waiting for a client's answer (:meth:`Socket.call`, a
+broadcast's acks) writes what was sent first (:func:`flush_writes`), since that answer may depend
+on it.
 """
 
 from __future__ import annotations
