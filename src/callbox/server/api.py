@@ -21,6 +21,7 @@ import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
+from types import CoroutineType
 from typing import Any, Final
 
 import msgspec
@@ -453,7 +454,9 @@ def _drop_if_unused(ns: Namespace, app: SocketIO) -> None:
 
 async def _call(fn: Handler, *args: Any) -> Any:
     result = fn(*args)
-    if inspect.isawaitable(result):
+    if type(result) is CoroutineType:  # an async handler, the usual case: no awaitable protocol check
+        return await result
+    if result is not None and inspect.isawaitable(result):
         result = await result
     return result
 

@@ -676,14 +676,14 @@ class Signalling:
         def build(call_id: Any, call_type: Any) -> OfferRelay:
             return OfferRelay(request.offer, user_id, call_type if given is None else given, call_id)
 
-        call = await self._relay(session, request.to, CallEvent.OFFER, "call:offer", build)
+        call = await self._relay(session, user_id, request.to, CallEvent.OFFER, "call:offer", build)
         return AckOk(True, callId=call.id)
 
     async def _answer(self, session: Session, args: Sequence[object]) -> AckOk:
         user_id = self._user(session)
         request = _payload(args, Answer)
         _bounded(request.answer, self.settings().max_sdp_bytes, "answer", nullable=False)
-        call = await self._relay(session, request.to, CallEvent.ANSWER, "call:answer",
+        call = await self._relay(session, user_id, request.to, CallEvent.ANSWER, "call:answer",
                                  lambda call_id, call_type: AnswerRelay(request.answer, user_id, call_id))
         return AckOk(True, callId=call.id)
 
@@ -691,17 +691,17 @@ class Signalling:
         user_id = self._user(session)
         request = _payload(args, Candidate)
         _bounded(request.candidate, self.settings().max_candidate_bytes, "candidate", nullable=True)
-        call = await self._relay(session, request.to, CallEvent.CANDIDATE, "ice:candidate",
+        call = await self._relay(session, user_id, request.to, CallEvent.CANDIDATE, "ice:candidate",
                                  lambda call_id, call_type: CandidateRelay(request.candidate, user_id, call_id))
         return AckOk(True, callId=call.id)
 
-    async def _relay(self, session: Session, target: str, event: CallEvent, name: str,
+    async def _relay(self, session: Session, user_id: str, target: str, event: CallEvent, name: str,
                      build: Callable[[Any, Any], _Relay]) -> Call:
         """May the session's user send ``target`` this relay? Then it goes to the other party (every
         device it rings, until one answers). ``build(call_id, call_type)`` makes the payload from what
         the call says. With several nodes, the registry's step itself sends it to the party's sessions
-        on other nodes (built without the two: the step adds them), and this node to its own."""
-        user_id = self._user(session)
+        on other nodes (built without the two: the step adds them), and this node to its own.
+        ``user_id``: the session's user, which the caller has checked (``_user``)."""
         if self.shared is None:
             call = await self.registry.relay(user_id, session.socket_id, target, event)
         else:

@@ -249,7 +249,7 @@ def encode_packet(
 
 
 _BINARY = (bytes, bytearray, memoryview)
-_CONTAINERS = (list, tuple, dict)
+_BINARY_OR_CONTAINER = (*_BINARY, list, tuple, dict)
 
 
 def has_binary(data: Any) -> bool:
@@ -259,8 +259,8 @@ def has_binary(data: Any) -> bool:
         data = data.values()
     elif not isinstance(data, (list, tuple)):
         return isinstance(data, _BINARY)
-    for item in data:
-        if isinstance(item, _BINARY) or (isinstance(item, _CONTAINERS) and has_binary(item)):
+    for item in data:  # one isinstance for what is neither (a str, a Struct, Raw): most arguments
+        if isinstance(item, _BINARY_OR_CONTAINER) and (isinstance(item, _BINARY) or has_binary(item)):
             return True
     return False
 
