@@ -47,7 +47,6 @@ import os
 import resource
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -138,34 +137,20 @@ def _waited_ns(pid: int) -> int:
         return 0
 
 
-class Node:
-    """One callbox process (a node with ``redis_url``), started and waited for like the suite's."""
+class Node(runner.Server):
+    """One callbox process (a node with ``redis_url``), started like the suite's servers, and with
+    Redis, waited for until ready."""
 
     def __init__(self, logs: Path, core: str | None, ring_timeout: float, redis_url: str = "",
                  node_id: str = "") -> None:
-        self.port = runner.free_port()
-        self.log_path = logs / f"callbox-{node_id or 'memory'}-{self.port}.log"
-        self.log = open(self.log_path, "wb")  # closed in stop()
-        command = runner.server_command("callbox", self.port, ring_timeout)
-        if redis_url:
-            command += ["--redis-url", redis_url, "--node-id", node_id]
-        self.proc = subprocess.Popen(_pinned(core, command), stdin=subprocess.DEVNULL, stdout=self.log,
-                                     stderr=subprocess.STDOUT, preexec_fn=runner._die_with_parent)
-        deadline = time.monotonic() + 30
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"callbox {node_id} exited with {self.proc.returncode} at start-up: {self.tail()}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                break
-            if time.monotonic() > deadline:
-                self.proc.kill()
-                raise RuntimeError(f"callbox {node_id} did not accept connections within 30 s")
-            time.sleep(0.01)
+        extra = ("--redis-url", redis_url, "--node-id", node_id) if redis_url else ()
+        super().__init__("callbox", logs, ring_timeout, core=core, extra=extra, label=node_id or "memory")
         # A node listens before Redis has answered it, and is ready (/readyz 200) once it has.
+        deadline = time.monotonic() + 30
         while redis_url and not self.ready():
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.proc.kill()
-                raise RuntimeError(f"callbox {node_id} was not ready within 30 s: {self.tail()}")
+                self.stop()
+                raise RuntimeError(f"{self.name} was not ready within 30 s: {self.tail()}")
             time.sleep(0.02)
 
     def ready(self) -> bool:
@@ -173,26 +158,6 @@ class Node:
                                                                   timeout=1) as answer:
             return bool(answer.status == 200)
         return False
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def tail(self, lines: int = 6) -> str:
-        self.log.flush()
-        return " | ".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-
-    def wait(self) -> None:
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.log.close()
 
 
 @contextlib.contextmanager
@@ -216,7 +181,7 @@ def started(setup: Setup, logs: Path, ring_timeout: float = 30.0) -> Iterator[tu
         yield nodes, redis
     finally:
         for node in nodes:
-            node.stop()
+            node.terminate()
         for node in nodes:
             node.wait()
         if redis is not None:

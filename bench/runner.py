@@ -201,28 +201,32 @@ def _die_with_parent() -> None:
 
 
 class Server:
-    """One server process, started fresh, pinned to the server core."""
+    """One server process, started fresh and pinned (by default to the server core), once it accepts
+    connections. ``extra``: more command-line flags; ``label``: in its log's name and messages."""
 
-    def __init__(self, name: str, logs: Path, ring_timeout: float = 30.0, wrap: tuple[str, ...] = ()) -> None:
-        self.name = name
+    def __init__(self, name: str, logs: Path, ring_timeout: float = 30.0, wrap: tuple[str, ...] = (), *,
+                 core: str | None = SERVER_CORE, extra: tuple[str, ...] = (), label: str = "") -> None:
+        self.name = f"{name} {label}" if label else name
         self.port = free_port()
-        self.log_path = logs / f"{name}-{self.port}.log"
-        self.log = open(self.log_path, "wb")  # closed in stop()
-        command = ["taskset", "-c", SERVER_CORE, *wrap, *server_command(name, self.port, ring_timeout)]
+        self.log_path = logs / f"{name}{'-' + label if label else ''}-{self.port}.log"
+        self.log = open(self.log_path, "wb")  # closed in wait()
+        command = [*wrap, *server_command(name, self.port, ring_timeout), *extra]
+        if core is not None:
+            command = ["taskset", "-c", core, *command]
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
                                      preexec_fn=_die_with_parent)
         deadline = t0 + 30
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"{name} exited with {self.proc.returncode} at start-up: {self.tail()}")
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} at start-up: {self.tail()}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     break
             except OSError:
                 if time.perf_counter() > deadline:
                     self.stop()
-                    raise RuntimeError(f"{name} did not accept connections within 30 s") from None
+                    raise RuntimeError(f"{self.name} did not accept connections within 30 s") from None
                 time.sleep(0.002)
         self.startup = time.perf_counter() - t0
         self.started = t0
@@ -249,15 +253,23 @@ class Server:
         text = self.log_path.read_text(errors="replace").splitlines()
         return " | ".join(text[-lines:])
 
-    def stop(self) -> None:
+    def terminate(self) -> None:
+        """Ask it to stop (SIGTERM); :meth:`wait` for it. Several servers stop at once this way."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(3)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+
+    def wait(self, timeout: float = 5.0) -> None:
+        """Wait for it to exit (killed past ``timeout``) and close its log."""
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         self.log.close()
+
+    def stop(self) -> None:
+        self.terminate()
+        self.wait()
 
 
 @contextlib.contextmanager
