@@ -143,9 +143,7 @@ class EngineSocket:
         assert ws is not None
         data = b"".join(map(ws.message, self.core.take_output()))
         try:
-            written = os.write(self._fd, data)
-        except BlockingIOError:
-            written = 0
+            written = _write_some(self._fd, data)
         except OSError:  # reset, or the connection is closing: the reader will see it too
             self.lose(CloseReason.TRANSPORT_CLOSE)
             return
@@ -202,6 +200,15 @@ def flush_writes() -> None:
 _BATCH: ContextVar[batched_writes | None] = ContextVar("callbox_write_batch", default=None)
 
 
+def _write_some(fd: int, data: bytes) -> int:
+    """The bytes of ``data`` a non-blocking socket takes now (0: its buffer is full); trio has no
+    public try-send, and this never blocks. A reset or a closed socket raises ``OSError``."""
+    try:
+        return os.write(fd, data)
+    except BlockingIOError:
+        return 0
+
+
 async def send_now(stream: Any, data: bytes) -> None:
     """``stream.send_all(data)``, except that a plain TCP socket is written directly first, without
     waiting (the same non-blocking ``os.write`` as a session's writes): trio's ``send_all`` costs about
@@ -210,9 +217,7 @@ async def send_now(stream: Any, data: bytes) -> None:
     checkpoint when the kernel takes everything."""
     if isinstance(stream, trio.SocketStream):
         try:
-            written = os.write(stream.socket.fileno(), data)
-        except BlockingIOError:
-            written = 0
+            written = _write_some(stream.socket.fileno(), data)
         except OSError as exc:
             raise trio.BrokenResourceError(str(exc)) from exc
         if written == len(data):

@@ -96,7 +96,8 @@ async def run_websocket_session(server: EngineServer, sock: EngineSocket, ws: WS
     reason = CloseReason.TRANSPORT_CLOSE
     control: list[bytes] = []  # frames the reader answers itself (pong, close)
     fd = sock._fd  # -1 for TLS: read through the stream
-    probe = woke = True
+    probe = True  # read before waiting
+    woke = False  # the data read next came after a wait
     try:
         await server.start_session(sock)
         while core.state is not SessionState.CLOSED:
@@ -112,7 +113,6 @@ async def run_websocket_session(server: EngineServer, sock: EngineSocket, ws: WS
             # the socket is most likely empty: wait at once, which sees data that came meanwhile,
             # rather than pay a read that finds nothing (a system call per message in a call flow).
             data = _read_now(fd, server.RECEIVE_SIZE) if fd >= 0 and probe else None
-            after_wake, woke = woke, False
             if data is None:
                 with trio.CancelScope(deadline=core.next_deadline()) as wait:
                     sock._wait_scope = wait  # woken (cancelled) when there is something to write
@@ -133,7 +133,7 @@ async def run_websocket_session(server: EngineServer, sock: EngineSocket, ws: WS
                 tick(sock)  # the heartbeat, which no deadline watches while the client keeps sending
             if not data:
                 break
-            probe = not after_wake
+            probe, woke = not woke, False
             with batched_writes():
                 await _handle_read(server, sock, ws, None, data, control)
                 # Yield once per read, so that a client that never stops sending cannot keep the
