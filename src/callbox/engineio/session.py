@@ -202,6 +202,12 @@ class Effect(enum.Enum):
     DROPPED = "dropped"  # the rate limit dropped one packet from the client
 
 
+# The members the per-message code compares with, as module names: Python 3.11 looks
+# ``SessionState.CLOSED`` up through ``EnumType.__getattr__``, about 55 ns each time.
+_WEBSOCKET, _CLOSING, _CLOSED = SessionState.WEBSOCKET, SessionState.CLOSING, SessionState.CLOSED
+_OUTPUT, _QUEUED = Effect.OUTPUT, Sent.QUEUED
+
+
 class Handshake(msgspec.Struct, frozen=True):
     """The open packet's data: exactly these five keys, times in ms, size in bytes."""
 
@@ -310,7 +316,7 @@ class EngineSession:
     def is_open(self) -> bool:
         """True until the session is closing or closed; only an open session takes messages."""
         state = self.state  # identity checks: cheaper than hashing the enum into a set
-        return state is not _S.CLOSING and state is not _S.CLOSED
+        return state is not _CLOSING and state is not _CLOSED
 
     def take_effects(self) -> list[Effect]:
         """What changed since the last call, in order, for the shell to act on."""
@@ -403,7 +409,7 @@ class EngineSession:
 
     def _enqueue(self, item: str | bytes, size: int) -> None:
         if not self._outbox:
-            self._effects.append(Effect.OUTPUT)  # one wake-up per batch, not per message
+            self._effects.append(_OUTPUT)  # one wake-up per batch, not per message
         self._outbox.append(item)
         self._outbox_bytes += size
 
@@ -424,7 +430,7 @@ class EngineSession:
             self.lost(CloseReason.OUTBOX_FULL)
             return Sent.OUTBOX_FULL
         self._enqueue(item, size)
-        return Sent.QUEUED
+        return _QUEUED
 
     @property
     def has_output(self) -> bool:
@@ -511,10 +517,12 @@ class EngineSession:
         """A WebSocket text frame. Returns (message or None, frame to answer directly or None); a
         message sent as ``b`` + base64 is bytes."""
         state = self.state
+        if state is _WEBSOCKET and text[:1] == "4":  # the hot path: skip the general decoder for messages
+            return (text[1:] if self._admit(now) else None), None
         if state is _S.PROBING or state is _S.PROBED:
             return None, self._receive_upgrade_frame(text)
-        if text[:1] == "4":  # the hot path: skip the general decoder for plain messages
-            return (text[1:] if state is _S.WEBSOCKET and self._admit(now) else None), None
+        if text[:1] == "4":
+            return None, None  # a message on a session that is closing (or polling): dropped
         return self._receive_packet(decode_text_packet(text), now, websocket=True), None
 
     def receive_ws_binary(self, data: bytes, now: float) -> bytes | None:

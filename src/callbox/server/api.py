@@ -52,6 +52,9 @@ __all__ = ["SocketIO", "Namespace", "Socket", "Ack", "Broadcast", "ConnectionRef
 log = logging.getLogger("callbox.socketio")
 
 _json = msgspec.json.Decoder()
+# Python 3.11 looks ``PacketType.EVENT`` up through ``EnumType.__getattr__`` (about 55 ns): the
+# per-message code compares with module names.
+_EVENT, _BINARY_EVENT = PacketType.EVENT, PacketType.BINARY_EVENT
 
 Handler = Callable[..., Any]
 
@@ -454,11 +457,14 @@ def _drop_if_unused(ns: Namespace, app: SocketIO) -> None:
 
 async def _call(fn: Handler, *args: Any) -> Any:
     result = fn(*args)
-    if type(result) is CoroutineType:  # an async handler, the usual case: no awaitable protocol check
-        return await result
-    if result is not None and inspect.isawaitable(result):
-        result = await result
-    return result
+    return (await result) if _awaits(result) else result
+
+
+def _awaits(result: Any) -> bool:
+    """Whether a handler's result is to be awaited: a handler may be a coroutine function or a plain
+    one (whose result may still be awaitable). An async handler's coroutine, the usual case, is
+    known without the awaitable protocol check."""
+    return type(result) is CoroutineType or (result is not None and inspect.isawaitable(result))
 
 
 class _Client:
@@ -846,7 +852,7 @@ class SocketIO:
         if packet is None:
             return
         ptype = packet.type
-        if ptype is PacketType.EVENT or ptype is PacketType.BINARY_EVENT:
+        if ptype is _EVENT or ptype is _BINARY_EVENT:
             sock = client.sockets.get(packet.namespace)
             if sock is not None:  # else not connected there: dropped, as socket.io does
                 await self._handle_event(sock, packet)
@@ -1010,13 +1016,15 @@ class SocketIO:
         sock.ack_requested = packet.id is not None
         sock._ack_id = packet.id
         if ns._app_hooks.incoming:
-            shown = data if packet.type is PacketType.BINARY_EVENT else [_json.decode(a) for a in data]
+            shown = data if packet.type is _BINARY_EVENT else [_json.decode(a) for a in data]
             _run_hooks(ns._app_hooks.incoming, sock, name, shown)
         try:
             if entry is not None:
                 fn, raw = entry
-                args = data if (raw or packet.type is PacketType.BINARY_EVENT) else [_json.decode(a) for a in data]
-                result = await _call(fn, sock, *args)
+                args = data if (raw or packet.type is _BINARY_EVENT) else [_json.decode(a) for a in data]
+                result = fn(sock, *args)  # not through _call: one coroutine less per event
+                if _awaits(result):
+                    result = await result
             elif ns._any is not None:
                 result = await _call(ns._any, sock, name, *data)
             else:

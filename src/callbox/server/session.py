@@ -55,6 +55,7 @@ __all__ = [
 log = logging.getLogger("callbox.engine")
 
 _WEBSOCKET, _CLOSED = SessionState.WEBSOCKET, SessionState.CLOSED
+_OUTPUT, _QUEUED = Effect.OUTPUT, Sent.QUEUED
 
 
 class EngineSocket:
@@ -119,7 +120,7 @@ class EngineSocket:
         slow (nothing was queued)."""
         sent = self.core.send(data)
         apply(self)
-        return sent is Sent.QUEUED
+        return sent is _QUEUED
 
     def close(self, reason: CloseReason = CloseReason.FORCED_CLOSE) -> None:
         """Close the session: what is queued goes first, then the close packet."""
@@ -252,7 +253,7 @@ def apply(sock: EngineSocket) -> None:
     if not core.has_effects:
         return
     for effect in core.take_effects():
-        if effect is Effect.OUTPUT:
+        if effect is _OUTPUT:
             batch = _BATCH.get()
             if batch is None or not batch.open:
                 write_or_wake(sock)

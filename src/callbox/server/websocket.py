@@ -96,11 +96,12 @@ async def run_websocket_session(server: EngineServer, sock: EngineSocket, ws: WS
     reason = CloseReason.TRANSPORT_CLOSE
     control: list[bytes] = []  # frames the reader answers itself (pong, close)
     fd = sock._fd  # -1 for TLS: read through the stream
+    closed = SessionState.CLOSED  # a local name: Python 3.11's enum member lookup is slow
     probe = True  # read before waiting
     woke = False  # the data read next came after a wait
     try:
         await server.start_session(sock)
-        while core.state is not SessionState.CLOSED:
+        while core.state is not closed:
             if core.has_output and not sock._leftover:
                 write_or_wake(sock)  # what another reader's batch holds for us: without waiting, if it can
             if sock._leftover or core.has_output:
@@ -235,16 +236,17 @@ async def _handle_read(server: EngineServer, sock: EngineSocket, ws: WSCodec, sc
                        data: bytes, control: list[bytes]) -> None:
     """Hand the frames of one read to the session and the application, in order."""
     core = sock.core
+    now = trio.current_time()  # the frames of one read came at once
     for kind, payload in ws.feed(data):
         msg: str | bytes | None
         if kind == TEXT:
             assert isinstance(payload, str)
-            msg, reply = core.receive_ws_text(payload, trio.current_time())
+            msg, reply = core.receive_ws_text(payload, now)
             if reply is not None:
                 control.append(ws.message(reply))
         elif kind == BINARY:
             assert isinstance(payload, bytes)
-            msg = core.receive_ws_binary(payload, trio.current_time())
+            msg = core.receive_ws_binary(payload, now)
         elif kind == PING:
             assert isinstance(payload, bytes)
             control.append(ws.pong(payload))

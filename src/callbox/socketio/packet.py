@@ -83,6 +83,11 @@ _raw_list = msgspec.json.Decoder(list[msgspec.Raw])
 _any = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 _TYPES = {str(t.value): t for t in PacketType}
+_TYPE_CHAR = {t: str(t.value) for t in PacketType}
+# The members the per-packet code compares with, as module names: on Python 3.11 ``PacketType.EVENT``
+# goes through ``EnumType.__getattr__``'s slow attribute path (about 55 ns each, a dozen per relay).
+_CONNECT, _DISCONNECT, _EVENT, _ACK = PacketType.CONNECT, PacketType.DISCONNECT, PacketType.EVENT, PacketType.ACK
+_CONNECT_ERROR, _BINARY_EVENT, _BINARY_ACK = PacketType.CONNECT_ERROR, PacketType.BINARY_EVENT, PacketType.BINARY_ACK
 _DIGITS = frozenset("0123456789")
 _NAMESPACE_END = re.compile(r"[,\[{]")
 
@@ -134,7 +139,7 @@ def _decode(text: str) -> tuple[Packet, int]:
         raise SocketIOProtocolError(f"unknown packet type {text[0]!r}")
     i, n = 1, len(text)
     attachments = 0
-    if ptype is PacketType.BINARY_EVENT or ptype is PacketType.BINARY_ACK:
+    if ptype is _BINARY_EVENT or ptype is _BINARY_ACK:
         dash = text.find("-", 1, 1 + 3)
         count = text[1:dash] if dash > 0 else ""
         if not count or not _DIGITS.issuperset(count):
@@ -164,18 +169,18 @@ def _decode(text: str) -> tuple[Packet, int]:
     body = text[i:]
     packet = Packet(ptype, namespace, ack_id)
     try:
-        if ptype is PacketType.CONNECT:
+        if ptype is _EVENT or ptype is _ACK:  # the usual packet first
+            _set_args(packet, _raw_list.decode(body))
+        elif ptype is _CONNECT:
             if ack_id is not None:
                 raise SocketIOProtocolError("CONNECT with an ack id")
             packet.data = _any.decode(body) if body else None
             if packet.data is not None and not isinstance(packet.data, dict):
                 raise SocketIOProtocolError("CONNECT payload must be an object")
-        elif ptype is PacketType.DISCONNECT:
+        elif ptype is _DISCONNECT:
             if body or ack_id is not None:
                 raise SocketIOProtocolError("DISCONNECT carries no data")
-        elif ptype is PacketType.EVENT or ptype is PacketType.ACK:
-            _set_args(packet, _raw_list.decode(body))
-        elif ptype is PacketType.CONNECT_ERROR:
+        elif ptype is _CONNECT_ERROR:
             raise SocketIOProtocolError("CONNECT_ERROR is sent by servers only")
         else:  # binary: decode fully, placeholders are filled in when the buffers arrive
             args = _any.decode(body)
@@ -191,7 +196,8 @@ def _decode(text: str) -> tuple[Packet, int]:
 
 def _set_args(packet: Packet, args: list[Any]) -> None:
     """An event's name goes to ``packet.event`` and the rest to ``packet.data``; an ack needs its id."""
-    if packet.type is PacketType.EVENT or packet.type is PacketType.BINARY_EVENT:
+    ptype = packet.type
+    if ptype is _EVENT or ptype is _BINARY_EVENT:
         packet.event = _event_name(args)
         del args[0]
     elif packet.id is None:
@@ -230,7 +236,7 @@ def _fill_placeholders(data: Any, buffers: list[bytes]) -> Any:
 
 
 def _header(ptype: PacketType, namespace: str, ack_id: int | None) -> str:
-    head = str(ptype.value)
+    head = _TYPE_CHAR[ptype]
     if namespace != "/":
         head += namespace + ","
     if ack_id is not None:
@@ -285,7 +291,7 @@ def encode_binary_packet(
         return value
 
     stripped = strip(data)
-    btype = PacketType.BINARY_EVENT if ptype is PacketType.EVENT else PacketType.BINARY_ACK
+    btype = _BINARY_EVENT if ptype is _EVENT else _BINARY_ACK
     head = f"{btype.value}{len(buffers)}-" + _header(btype, namespace, ack_id)[1:]
     return [head + _encoder.encode(stripped).decode("utf-8"), *buffers]
 
@@ -294,12 +300,12 @@ def encode_event(namespace: str, event: str, args: Iterable[Any], ack_id: int | 
     """An EVENT (a BINARY_EVENT if an argument holds bytes) as the Engine.IO messages that carry it."""
     data = [event, *args]
     if has_binary(data):
-        return encode_binary_packet(PacketType.EVENT, namespace, data, ack_id)
-    return [encode_packet(PacketType.EVENT, namespace, data, ack_id)]
+        return encode_binary_packet(_EVENT, namespace, data, ack_id)
+    return [encode_packet(_EVENT, namespace, data, ack_id)]
 
 
 def encode_ack(namespace: str, args: list[Any], ack_id: int) -> list[str | bytes]:
     """An ACK (a BINARY_ACK if an argument holds bytes) as the Engine.IO messages that carry it."""
     if has_binary(args):
-        return encode_binary_packet(PacketType.ACK, namespace, args, ack_id)
-    return [encode_packet(PacketType.ACK, namespace, args, ack_id)]
+        return encode_binary_packet(_ACK, namespace, args, ack_id)
+    return [encode_packet(_ACK, namespace, args, ack_id)]
