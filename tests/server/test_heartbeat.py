@@ -155,6 +155,31 @@ async def test_messages_do_not_replace_pongs(start_server: Any, nursery: trio.Nu
     assert app.closed[0][2] - t0 == pytest.approx(PING_INTERVAL + PING_TIMEOUT, abs=EPS)
 
 
+async def test_a_handler_that_waits_past_the_ping_is_not_cancelled(
+    start_server: Any, nursery: trio.Nursery, clock: Any
+) -> None:
+    # The reader runs the handlers inside the cancel scope that wakes it (server/alarms.py); only a
+    # parked reader is woken, so a handler that waits (for a store, for another client) finishes
+    # even though the session's alarm rings meanwhile. The ping goes once the reader is free.
+    class Slow(Echo):
+        async def on_message(self, sock: callbox.EngineSocket, data: str | bytes) -> None:
+            await trio.sleep(PING_INTERVAL + 5)  # past the ping's deadline
+            sock.send(f"done {data!s}")
+
+    app = Slow()
+    port = await start_server(app)
+    ws = await open_ws(nursery, port)
+    parse_open(str(await ws_recv(ws)))
+    t0 = now()
+    await ws_send(ws, "4slow")
+    assert await ws_recv(ws, timeout=LONG) == "4done slow"
+    assert now() - t0 == pytest.approx(PING_INTERVAL + 5, abs=EPS)
+    assert await ws_recv(ws, timeout=LONG) == "2"
+    assert now() - t0 == pytest.approx(PING_INTERVAL + 5, abs=EPS)
+    await ws_send(ws, "3")
+    assert app.closed == []
+
+
 # -- a silent client is dropped ----------------------------------------------------------------
 
 

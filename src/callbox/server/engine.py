@@ -30,6 +30,7 @@ from ..config import Config
 from ..engineio import CloseReason, EngineSession
 from ..metrics import Counter, Gauge, Registry
 from .admission import REFUSALS, Admission
+from .alarms import Alarms
 from .connection import handle_connection
 from .http import Handshake, ProxyTrust, StaticFiles
 from .routing import FORBIDDEN, UNKNOWN_SID, HTTPError
@@ -87,6 +88,7 @@ class EngineServer:
                 raise ValueError(f"two applications at {path!r}")
             self.apps[path] = other
         self.sessions: dict[str, EngineSocket] = {}  # by Engine.IO session id
+        self.alarms = Alarms()  # the deadlines of the sessions that WebSocket readers run
         self.metrics = metrics or getattr(app, "metrics", None) or Registry()
         self.draining = False
         self.proxies = ProxyTrust(config.trusted_proxies)
@@ -162,6 +164,7 @@ class EngineServer:
             serving = [trio.SSLListener(lst, context, https_compatible=True) for lst in listeners]
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self.alarms.run)
             for app in self.apps.values():
                 nursery.start_soon(app.run)
             await nursery.start(self._accept, serving)

@@ -65,6 +65,7 @@ class EngineSocket:
     __slots__ = (
         "core", "server", "remote_address", "state", "_limited", "_lot", "_ws", "_stream", "_fd", "_leftover",
         "_batched", "_ws_scope", "_probe", "_wlock", "_write_scope", "_wait_scope", "_polling_born", "handshake", "app",
+        "_alarm",
     )
 
     def __init__(self, server: EngineServer, core: EngineSession, remote_address: str,
@@ -91,8 +92,10 @@ class EngineSocket:
         # the WebSocket; this keeps their writes whole and tells a sender a write is in flight.
         self._wlock = trio.Lock()
         self._write_scope: trio.CancelScope | None = None  # the session task's write under way, if any
-        # A session run by its WebSocket's reader: the reader's wait for data, cancelled to wake it.
+        # A session run by its WebSocket's reader: the reader's scope while it is parked waiting for
+        # data, cancelled to wake it (None while it is not parked); and its alarm (server/alarms.py).
         self._wait_scope: trio.CancelScope | None = None
+        self._alarm: list[Any] | None = None
 
     @property
     def sid(self) -> str:
@@ -235,13 +238,12 @@ def tick(sock: EngineSocket) -> None:
 
 def write_or_wake(sock: EngineSocket) -> None:
     """Write the outbox from this task if nothing else is writing to the socket; else (or over
-    polling, or TLS, or closing) wake whoever writes it."""
+    polling, or TLS, or closing) wake whoever writes it. An outbox already written (by its own
+    reader, or another reader's batch) wakes nobody: a wake-up for nothing costs its reader a turn."""
     core = sock.core
-    if (
-        sock._fd >= 0 and core.state is _WEBSOCKET and not sock._leftover and not sock._wlock.locked()
-        and core.has_output
-    ):
-        sock._write_now()
+    if sock._fd >= 0 and core.state is _WEBSOCKET and not sock._leftover and not sock._wlock.locked():
+        if core.has_output:
+            sock._write_now()
     else:
         sock.wake()
 

@@ -99,56 +99,71 @@ async def run_websocket_session(server: EngineServer, sock: EngineSocket, ws: WS
     closed = SessionState.CLOSED  # a local name: Python 3.11's enum member lookup is slow
     probe = True  # read before waiting
     woke = False  # the data read next came after a wait
+    carried: bytes | None = None  # data a TLS read returned as the reader was woken: read first
     try:
         await server.start_session(sock)
         while core.state is not closed:
-            if core.has_output and not sock._leftover:
-                write_or_wake(sock)  # what another reader's batch holds for us: without waiting, if it can
-            if sock._leftover or core.has_output:
-                await flush_websocket(sock)  # a write was in flight, the kernel was full, TLS, or closing
-                continue
-            # Read what the socket already has without waiting or setting up a deadline (a client
-            # that keeps sending is read at the cost of one read each time); only an empty socket
-            # waits, until data comes, a heartbeat deadline passes, or a writer wakes us. After a
-            # read that followed a wait (a client that sends one message and waits for the answer)
-            # the socket is most likely empty: wait at once, which sees data that came meanwhile,
-            # rather than pay a read that finds nothing (a system call per message in a call flow).
-            data = _read_now(fd, server.RECEIVE_SIZE) if fd >= 0 and probe else None
-            if data is None:
-                with trio.CancelScope(deadline=core.next_deadline()) as wait:
-                    sock._wait_scope = wait  # woken (cancelled) when there is something to write
-                    try:
-                        if fd >= 0:
-                            await trio.lowlevel.wait_readable(fd)
-                        else:
-                            data = await stream.receive_some(server.RECEIVE_SIZE)
-                    finally:
-                        sock._wait_scope = None
-                if wait.cancelled_caught:  # a deadline (ping, pong overdue) or a wake-up
-                    tick(sock)
-                    continue
-                if data is None:
-                    probe = woke = True
-                    continue  # readable now: read it at the top
-            elif trio.current_time() >= core.next_deadline():
-                tick(sock)  # the heartbeat, which no deadline watches while the client keeps sending
-            if not data:
-                break
-            probe, woke = not woke, False
-            with batched_writes():
-                await _handle_read(server, sock, ws, None, data, control)
-                # Yield once per read, so that a client that never stops sending cannot keep the
-                # others waiting; with the writes still gathered, so that what the others' handlers
-                # send to the same sockets meanwhile goes out in the same writes.
-                await trio.lowlevel.checkpoint()
-            if control:
-                # Pongs to a client that does not read its pongs would block here for ever: the
-                # heartbeat's verdict bounds it, as it bounds every write.
-                with trio.move_on_at(core.dead_by()) as stalled:
-                    await _send_control(sock, ws, stream, control)
-                if stalled.cancelled_caught:
-                    sock.lose(CloseReason.PING_TIMEOUT)
-                control.clear()
+            # One cancel scope for as long as nothing wakes the reader, not one per wait (trio's
+            # scopes cost about 5 us each). Only a parked reader is woken (``_wait_scope`` is set
+            # just around its wait), so the handlers that run inside the scope are never cancelled.
+            # The heartbeat's deadlines ring as alarms (server/alarms.py), which wake it the same way.
+            with trio.CancelScope() as wake:
+                while core.state is not closed:
+                    if core.has_output and not sock._leftover:
+                        write_or_wake(sock)  # what another reader's batch holds for us: without waiting, if it can
+                    if sock._leftover or core.has_output:
+                        await flush_websocket(sock)  # a write was in flight, the kernel was full, TLS, or closing
+                        continue
+                    # Read what the socket already has without waiting (a client that keeps sending
+                    # is read at the cost of one read each time); only an empty socket waits, until
+                    # data comes, an alarm rings, or a writer wakes us. After a read that followed a
+                    # wait (a client that sends one message and waits for the answer) the socket is
+                    # most likely empty: wait at once, which sees data that came meanwhile, rather
+                    # than pay a read that finds nothing (a system call per message in a call flow).
+                    data, carried = carried, None
+                    if data is None and fd >= 0 and probe:
+                        data = _read_now(fd, server.RECEIVE_SIZE)
+                    if data is None:
+                        deadline = core.next_deadline()
+                        if trio.current_time() >= deadline:
+                            break  # a ping due or a pong overdue: tick below
+                        server.alarms.set(sock, deadline)
+                        sock._wait_scope = wake
+                        try:
+                            if fd >= 0:
+                                await trio.lowlevel.wait_readable(fd)
+                            else:
+                                data = await stream.receive_some(server.RECEIVE_SIZE)
+                        finally:
+                            sock._wait_scope = None
+                        if wake.cancel_called:  # woken as the wait ended: nothing more in this scope
+                            carried = data
+                            break
+                        if data is None:
+                            probe = woke = True
+                            continue  # readable now: read it at the top
+                    elif trio.current_time() >= core.next_deadline():
+                        tick(sock)  # the heartbeat, which no alarm wakes us for while the client keeps sending
+                    if not data:
+                        sock.lose(reason)  # the client went
+                        break
+                    probe, woke = not woke, False
+                    with batched_writes():
+                        await _handle_read(server, sock, ws, None, data, control)
+                        # Yield once per read, so that a client that never stops sending cannot keep
+                        # the others waiting; with the writes still gathered, so that what the
+                        # others' handlers send to the same sockets meanwhile goes out in the same
+                        # writes.
+                        await trio.lowlevel.checkpoint()
+                    if control:
+                        # Pongs to a client that does not read its pongs would block here for ever:
+                        # the heartbeat's verdict bounds it, as it bounds every write.
+                        with trio.move_on_at(core.dead_by()) as stalled:
+                            await _send_control(sock, ws, stream, control)
+                        if stalled.cancelled_caught:
+                            sock.lose(CloseReason.PING_TIMEOUT)
+                        control.clear()
+            tick(sock)  # woken: a deadline passed (ping due, pong overdue), or there is output to write
     except _Done:
         with trio.move_on_after(CONTROL_TIMEOUT):
             if control:
@@ -162,6 +177,7 @@ async def run_websocket_session(server: EngineServer, sock: EngineSocket, ws: WS
         pass
     finally:
         sock._fd = -1  # the stream closes after this: never write to its descriptor again
+        server.alarms.cancel(sock)
         sock.lose(reason)
         with trio.CancelScope(shield=True):
             await server.session_ended(sock)
