@@ -2,11 +2,11 @@
 
 A reader that runs its session (:func:`.websocket.run_websocket_session`) parks in
 ``wait_readable`` inside one cancel scope that lives until something wakes it. trio has deadlines
-only on cancel scopes, and a new scope with a deadline for every wait cost about 5 us of CPU each:
-16% of a relay at saturation. So the session's next deadline (a ping due, a pong overdue, a close
-or an upgrade timing out) is an alarm here instead, which wakes the reader when it comes
-(:meth:`.session.EngineSocket.wake`). A reader that is busy when its alarm rings is not woken (only
-a parked reader is); it sees the deadline itself before it parks again.
+only on cancel scopes, and entering and leaving a scope with a deadline costs about 5 us of CPU
+here (a micro-benchmark), which every wait paid. So the session's next deadline (a ping due, a pong
+overdue, a close or an upgrade timing out) is an alarm here instead, which wakes the reader when it
+comes (:meth:`.session.EngineSocket.wake`). A reader that is busy when its alarm rings is not woken
+(only a parked reader is); it sees the deadline itself before it parks again.
 
 Each session has at most one alarm that counts. Setting another leaves the old entry in the heap,
 emptied, until its time: deadlines change about twice per ping interval, so the heap holds about

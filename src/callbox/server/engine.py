@@ -9,10 +9,11 @@ Where things live (each file one job):
 - ``polling.py`` and ``websocket.py``: the two transports;
 - ``session.py``: a session as the application sees it, the one function that applies what its
   core reports, and the session task (heartbeat, deadlines, writes);
+- ``alarms.py``: the deadlines of the sessions that WebSocket readers run, rung by one task;
 - here: the server (listeners, the session table, metrics, delivery to the app, shutdown).
 
 Lifetimes (each owner cleans up what it owns): the server nursery owns the listeners, every
-connection task, every session task and the application's own task.
+connection task, every session task, the alarm task and the application's own task.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ Lifetimes: a session made over long-polling gets a session task in the server nu
 could not take at once, and at the end calls the application's close handler; the session outlives
 single requests and transports. A session made directly over a WebSocket has no task of its own:
 its connection's task does all of that (``server/websocket.py``), which saves a task and its frames
-per client (3.8 KiB of RSS each, measured on a 10,000-client ramp).
+per client (3.8 KiB of RSS each, measured on a 10,000-client ramp), and its deadlines ring as
+alarms (``server/alarms.py``).
 
 Writes to a WebSocket are made from the task that sent the message, with no task switch: trio has
 no public try-send, so the smallest safe one is a non-blocking ``os.write`` on the socket's file
