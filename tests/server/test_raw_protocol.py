@@ -170,6 +170,36 @@ async def test_oversize_websocket_message_closes_the_session(start_server: Any, 
     assert info.value.reason is not None and info.value.reason.code == 1009  # message too big
 
 
+class Fragile(Echo):
+    """Echo, except that the message "boom" makes its handler raise."""
+
+    async def on_message(self, sock: callbox.EngineSocket, data: str | bytes) -> None:
+        if data == "boom":
+            raise RuntimeError("a bug in the application's handler")
+        sock.send(data)
+
+
+async def test_a_failing_handler_closes_its_own_session_only(start_server: Any, nursery: trio.Nursery) -> None:
+    # Over a WebSocket (the reader hands the message to the application itself) and over polling:
+    # the session whose handler raised is closed as a transport error; the others go on.
+    app = Fragile()
+    port = await start_server(app)
+    ws, ws_sid = await ws_open_session(nursery, port)
+    bystander, _ = await ws_open_session(nursery, port)
+    polled, _ = await handshake(port)
+    await ws_send(ws, "4boom")
+    with pytest.raises(ConnectionClosed):
+        while True:  # the close packet, then the close frame
+            await ws_recv(ws)
+    await post_ok(port, polled, "4boom")
+    await wait_session_gone(port, polled)
+    assert sorted(await app.closes.wait_for(2)) == sorted([ws_sid, polled])
+    assert dict(app.closed) == {ws_sid: callbox.CloseReason.TRANSPORT_ERROR,
+                                polled: callbox.CloseReason.TRANSPORT_ERROR}
+    await ws_send(bystander, "4still here")
+    assert await ws_recv(bystander) == "4still here"
+
+
 async def test_two_concurrent_polls(start_server: Any) -> None:
     app = Echo()
     port = await start_server(app)

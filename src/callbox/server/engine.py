@@ -291,9 +291,13 @@ class EngineServer:
         try:
             await sock.app.on_message(sock, message)
         except Exception:
-            # A handler's exception closes its own session, never the server.
-            log.exception("message handler failed for session %s", sock.sid)
-            sock.lose(CloseReason.TRANSPORT_ERROR)
+            self.handler_failed(sock)
+
+    def handler_failed(self, sock: EngineSocket) -> None:
+        """The session's message handler raised (call it in the ``except``): a handler's exception
+        closes its own session, never the server."""
+        log.exception("message handler failed for session %s", sock.sid)
+        sock.lose(CloseReason.TRANSPORT_ERROR)
 
     def packet_dropped(self, sock: EngineSocket) -> None:
         """The session's rate limit dropped a packet (logged once per session)."""

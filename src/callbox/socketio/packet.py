@@ -256,6 +256,7 @@ def encode_packet(
 
 _BINARY = (bytes, bytearray, memoryview)
 _BINARY_OR_CONTAINER = (*_BINARY, list, tuple, dict)
+_NEVER_BINARY = (str, msgspec.Struct, msgspec.Raw)  # most arguments: one quick isinstance
 
 
 def has_binary(data: Any) -> bool:
@@ -265,7 +266,9 @@ def has_binary(data: Any) -> bool:
         data = data.values()
     elif not isinstance(data, (list, tuple)):
         return isinstance(data, _BINARY)
-    for item in data:  # one isinstance for what is neither (a str, a Struct, Raw): most arguments
+    for item in data:
+        if isinstance(item, _NEVER_BINARY):
+            continue
         if isinstance(item, _BINARY_OR_CONTAINER) and (isinstance(item, _BINARY) or has_binary(item)):
             return True
     return False
