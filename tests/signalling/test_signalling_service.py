@@ -167,9 +167,10 @@ async def test_many_calls_time_out_on_their_own_deadlines(
     h: Harness, autojump_clock: trio.testing.MockClock
 ) -> None:
     pairs = [(await h.join(f"a{i}"), await h.join(f"b{i}")) for i in range(5)]
-    calls = []
+    calls, rang = [], []
     for caller, callee in pairs:
         calls.append(await h.ringing_call(caller, callee))
+        rang.append(trio.current_time())
         await trio.sleep(1)
     assert len(h.service.timers) == 5
     await h.emit(pairs[2][1], "call:accept", {"callId": calls[2]})
@@ -178,10 +179,36 @@ async def test_many_calls_time_out_on_their_own_deadlines(
     for i, (caller, _) in enumerate(pairs):
         if i == 2:
             continue
-        await trio.sleep_until(h.service.timers[calls[i]].deadline + 0.01 if calls[i] in h.service.timers else 0)
+        await trio.sleep_until(rang[i] + RING - 0.01)
+        assert h.take(caller) == []  # not before its own deadline
+        await trio.sleep_until(rang[i] + RING + 0.01)
         seen.append(h.take(caller))
     assert seen == [[("call:timeout", {"callId": calls[i]})] for i in (0, 1, 3, 4)]
     assert h.service.timers == {} and list(h.registry.calls) == [calls[2]]
+
+
+async def test_a_shorter_ring_timeout_rings_first_and_the_timers_task_ends_with_the_ringing(
+    h: Harness, autojump_clock: trio.testing.MockClock
+) -> None:
+    # The ring timers are one heap and one task (while any call rings): a call set to ring for
+    # less time than one already ringing (the setting changed meanwhile) still times out first.
+    (a, b), (c, d) = [(await h.join(f"a{i}"), await h.join(f"b{i}")) for i in range(2)]
+    t0 = trio.current_time()
+    first = await h.ringing_call(a, b)
+    h.config = msgspec.structs.replace(h.config, ring_timeout=5.0)
+    second = await h.ringing_call(c, d)
+    await trio.sleep_until(t0 + 5 + 0.01)
+    assert h.take(c) == [("call:timeout", {"callId": second})] and h.take(a) == []
+    await trio.sleep_until(t0 + RING + 0.01)
+    assert h.take(a) == [("call:timeout", {"callId": first})]
+    await trio.testing.wait_all_tasks_blocked()
+    assert h.service.timers == {} and h.nursery.child_tasks == set()
+    # A call answered before its deadline stops its timer; the task ends with the last one.
+    third = await h.ringing_call(a, b)
+    assert len(h.nursery.child_tasks) == 1
+    await h.emit(b, "call:accept", {"callId": third})
+    await trio.testing.wait_all_tasks_blocked()
+    assert h.service.timers == {} and h.nursery.child_tasks == set()
 
 
 # -- refusals -------------------------------------------------------------------------------------
