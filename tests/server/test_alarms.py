@@ -9,6 +9,7 @@ import gc
 import weakref
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -27,17 +28,24 @@ class Reader:
         self.woken.append((self.name, trio.current_time()))
 
 
+@pytest.fixture
+def alarms(nursery: trio.Nursery) -> Alarms:
+    """A server's alarms, with the task that rings them running."""
+    running = Alarms()
+    nursery.start_soon(running.run)
+    return running
+
+
 async def settle(until: float) -> None:
     """Let virtual time pass to ``until`` (the alarm task rings what is due on the way)."""
     await trio.sleep_until(until)
     await trio.testing.wait_all_tasks_blocked()
 
 
-async def test_alarms_ring_in_order_each_at_its_time(nursery: trio.Nursery, autojump_clock: Any) -> None:
-    alarms, woken = Alarms(), []
+async def test_alarms_ring_in_order_each_at_its_time(alarms: Alarms, autojump_clock: Any) -> None:
+    woken: list[tuple[str, float]] = []
     a, b, c = Reader("a", woken), Reader("b", woken), Reader("c", woken)
     t0 = trio.current_time()
-    nursery.start_soon(alarms.run)
     alarms.set(a, t0 + 5)
     alarms.set(b, t0 + 3)
     alarms.set(c, t0 + 3)
@@ -47,11 +55,10 @@ async def test_alarms_ring_in_order_each_at_its_time(nursery: trio.Nursery, auto
     assert len(alarms) == 0
 
 
-async def test_setting_again_replaces_the_alarm_later_or_earlier(nursery: trio.Nursery, autojump_clock: Any) -> None:
-    alarms, woken = Alarms(), []
+async def test_setting_again_replaces_the_alarm_later_or_earlier(alarms: Alarms, autojump_clock: Any) -> None:
+    woken: list[tuple[str, float]] = []
     later, earlier = Reader("later", woken), Reader("earlier", woken)
     t0 = trio.current_time()
-    nursery.start_soon(alarms.run)
     alarms.set(later, t0 + 5)
     alarms.set(earlier, t0 + 10)
     await trio.testing.wait_all_tasks_blocked()  # the alarm task sleeps until t0 + 5
@@ -62,13 +69,10 @@ async def test_setting_again_replaces_the_alarm_later_or_earlier(nursery: trio.N
     assert [(n, t - t0) for n, t in woken] == [("earlier", 2), ("later", 8)]
 
 
-async def test_a_cancelled_alarm_neither_rings_nor_holds_its_session(
-    nursery: trio.Nursery, autojump_clock: Any
-) -> None:
-    alarms, woken = Alarms(), []
+async def test_a_cancelled_alarm_neither_rings_nor_holds_its_session(alarms: Alarms, autojump_clock: Any) -> None:
+    woken: list[tuple[str, float]] = []
     gone, kept = Reader("gone", woken), Reader("kept", woken)
     t0 = trio.current_time()
-    nursery.start_soon(alarms.run)
     alarms.set(gone, t0 + 5)
     alarms.set(kept, t0 + 6)
     alarms.cancel(gone)  # its session ended
