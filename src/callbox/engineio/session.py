@@ -202,8 +202,7 @@ class Effect(enum.Enum):
     DROPPED = "dropped"  # the rate limit dropped one packet from the client
 
 
-# The members the per-message code compares with, as module names: Python 3.11 looks
-# ``SessionState.CLOSED`` up through ``EnumType.__getattr__``, about 55 ns each time.
+# The members the per-message code compares with, as module names (why: callbox/enums.py).
 _WEBSOCKET, _CLOSING, _CLOSED = SessionState.WEBSOCKET, SessionState.CLOSING, SessionState.CLOSED
 _OUTPUT, _QUEUED = Effect.OUTPUT, Sent.QUEUED
 

@@ -52,8 +52,7 @@ __all__ = ["SocketIO", "Namespace", "Socket", "Ack", "Broadcast", "ConnectionRef
 log = logging.getLogger("callbox.socketio")
 
 _json = msgspec.json.Decoder()
-# Python 3.11 looks ``PacketType.EVENT`` up through ``EnumType.__getattr__`` (about 55 ns): the
-# per-message code compares with module names.
+# The members the per-message code compares with, as module names (why: callbox/enums.py).
 _EVENT, _BINARY_EVENT = PacketType.EVENT, PacketType.BINARY_EVENT
 
 Handler = Callable[..., Any]

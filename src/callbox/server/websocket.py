@@ -96,7 +96,7 @@ async def run_websocket_session(server: EngineServer, sock: EngineSocket, ws: WS
     reason = CloseReason.TRANSPORT_CLOSE
     control: list[bytes] = []  # frames the reader answers itself (pong, close)
     fd = sock._fd  # -1 for TLS: read through the stream
-    closed = SessionState.CLOSED  # a local name: Python 3.11's enum member lookup is slow
+    closed = SessionState.CLOSED  # a local name (why: callbox/enums.py)
     probe = True  # read before waiting
     woke = False  # the data read next came after a wait
     carried: bytes | None = None  # data a TLS read returned as the reader was woken: read first

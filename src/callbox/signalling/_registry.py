@@ -46,8 +46,7 @@ __all__ = [
 ]
 
 
-# The roles a relay's checks compare with, as module names: Python 3.11 looks ``Role.CALLER`` up
-# through ``EnumType.__getattr__`` (about 55 ns each).
+# The roles a relay's checks compare with, as module names (why: callbox/enums.py).
 _CALLER, _CALLEE = Role.CALLER, Role.CALLEE
 
 

@@ -84,8 +84,7 @@ _any = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
 _TYPES = {str(t.value): t for t in PacketType}
 _TYPE_CHAR = {t: str(t.value) for t in PacketType}
-# The members the per-packet code compares with, as module names: on Python 3.11 ``PacketType.EVENT``
-# goes through ``EnumType.__getattr__``'s slow attribute path (about 55 ns each, a dozen per relay).
+# The members the per-packet code compares with, as module names (why: callbox/enums.py).
 _CONNECT, _DISCONNECT, _EVENT, _ACK = PacketType.CONNECT, PacketType.DISCONNECT, PacketType.EVENT, PacketType.ACK
 _CONNECT_ERROR, _BINARY_EVENT, _BINARY_ACK = PacketType.CONNECT_ERROR, PacketType.BINARY_EVENT, PacketType.BINARY_ACK
 _DIGITS = frozenset("0123456789")
