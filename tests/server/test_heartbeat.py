@@ -158,7 +158,7 @@ async def test_messages_do_not_replace_pongs(start_server: Any, nursery: trio.Nu
 async def test_a_handler_that_waits_past_the_ping_is_not_cancelled(
     start_server: Any, nursery: trio.Nursery, clock: Any
 ) -> None:
-    # The reader runs the handlers inside the cancel scope that wakes it (server/alarms.py); only a
+    # The reader runs the handlers inside the cancel scope that wakes it (callbox/alarms.py); only a
     # parked reader is woken, so a handler that waits (for a store, for another client) finishes
     # even though the session's alarm rings meanwhile. The ping goes once the reader is free.
     class Slow(Echo):

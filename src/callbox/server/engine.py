@@ -9,11 +9,11 @@ Where things live (each file one job):
 - ``polling.py`` and ``websocket.py``: the two transports;
 - ``session.py``: a session as the application sees it, the one function that applies what its
   core reports, and the session task (heartbeat, deadlines, writes);
-- ``alarms.py``: the deadlines of the sessions that WebSocket readers run, rung by one task;
 - here: the server (listeners, the session table, metrics, delivery to the app, shutdown).
 
 Lifetimes (each owner cleans up what it owns): the server nursery owns the listeners, every
-connection task, every session task, the alarm task and the application's own task.
+connection task, every session task, the task of the alarms (while any is set) and the
+application's own task.
 """
 
 from __future__ import annotations
@@ -21,17 +21,18 @@ from __future__ import annotations
 import logging
 import secrets
 import ssl
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 import h11
 import trio
 
+from ..alarms import Alarms
 from ..config import Config
 from ..engineio import CloseReason, EngineSession
 from ..metrics import Counter, Gauge, Registry
 from .admission import REFUSALS, Admission
-from .alarms import Alarms
 from .connection import handle_connection
 from .http import Handshake, ProxyTrust, StaticFiles
 from .routing import FORBIDDEN, UNKNOWN_SID, HTTPError
@@ -89,7 +90,8 @@ class EngineServer:
                 raise ValueError(f"two applications at {path!r}")
             self.apps[path] = other
         self.sessions: dict[str, EngineSocket] = {}  # by Engine.IO session id
-        self.alarms = Alarms()  # the deadlines of the sessions that WebSocket readers run
+        # The deadlines of the sessions that WebSocket readers run: each wakes its reader.
+        self.alarms: Alarms[EngineSocket] = Alarms(self._start_soon, _wake)
         self.metrics = metrics or getattr(app, "metrics", None) or Registry()
         self.draining = False
         self.proxies = ProxyTrust(config.trusted_proxies)
@@ -165,7 +167,6 @@ class EngineServer:
             serving = [trio.SSLListener(lst, context, https_compatible=True) for lst in listeners]
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self.alarms.run)
             for app in self.apps.values():
                 nursery.start_soon(app.run)
             await nursery.start(self._accept, serving)
@@ -184,6 +185,10 @@ class EngineServer:
                 with trio.CancelScope(shield=True):
                     for listener in serving:
                         await listener.aclose()  # a draining node refuses new connections at once
+
+    def _start_soon(self, fn: Callable[[], Awaitable[None]]) -> None:
+        assert self._nursery is not None
+        self._nursery.start_soon(fn)
 
     async def shutdown(self, *, handover: bool = False) -> None:
         """Drain: stop accepting, fail /readyz, let the app end its work, close every session
@@ -305,3 +310,7 @@ class EngineServer:
             sock._limited = True
             log.info("session rate limited", extra={"fields": {"sid": sock.sid, "remote": sock.remote_address}})
         self.rate_limited.inc("dropped")
+
+
+async def _wake(sock: EngineSocket) -> None:
+    sock.wake()

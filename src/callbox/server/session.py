@@ -7,7 +7,7 @@ could not take at once, and at the end calls the application's close handler; th
 single requests and transports. A session made directly over a WebSocket has no task of its own:
 its connection's task does all of that (``server/websocket.py``), which saves a task and its frames
 per client (3.8 KiB of RSS each, measured on a 10,000-client ramp), and its deadlines ring as
-alarms (``server/alarms.py``).
+alarms (``callbox/alarms.py``).
 
 Writes to a WebSocket are made from the task that sent the message, with no task switch: trio has
 no public try-send, so the smallest safe one is a non-blocking ``os.write`` on the socket's file
@@ -66,7 +66,6 @@ class EngineSocket:
     __slots__ = (
         "core", "server", "remote_address", "state", "_limited", "_lot", "_ws", "_stream", "_fd", "_leftover",
         "_batched", "_ws_scope", "_probe", "_wlock", "_write_scope", "_wait_scope", "_polling_born", "handshake", "app",
-        "_alarm",
     )
 
     def __init__(self, server: EngineServer, core: EngineSession, remote_address: str,
@@ -94,9 +93,8 @@ class EngineSocket:
         self._wlock = trio.Lock()
         self._write_scope: trio.CancelScope | None = None  # the session task's write under way, if any
         # A session run by its WebSocket's reader: the reader's scope while it is parked waiting for
-        # data, cancelled to wake it (None while it is not parked); and its alarm (server/alarms.py).
+        # data, cancelled to wake it (None while it is not parked).
         self._wait_scope: trio.CancelScope | None = None
-        self._alarm: list[Any] | None = None
 
     @property
     def sid(self) -> str:

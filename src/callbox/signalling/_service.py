@@ -9,11 +9,11 @@ Each request is handled to the end in the task that read it, with no checkpoint 
 registry changes, so two requests never interleave halfway. Two things outlive a request, in tasks
 started through the transport (the server's nursery):
 
-- a call's **ring timer**, whose deadline is the end of the ringing: an entry in one heap, rung by
-  one task that runs while any call rings (:meth:`_ring_timers`; a task per call cost about 10% of
-  a call flow's CPU). Whatever ends the ringing (accept, reject, cancel, hang-up, a party leaving,
-  shutdown) stops it through :meth:`_stop_timer`, the only place that does, so no timer outlives
-  the ringing of its call.
+- a call's **ring timer**, whose deadline is the end of the ringing: an alarm (``callbox/alarms.py``:
+  one heap, rung by one task while any call rings; a task per call cost about 10% of a call flow's
+  CPU). Whatever ends the ringing (accept, reject, cancel, hang-up, a party leaving, shutdown) stops
+  it through :meth:`_stop_timer`, the only place that does, so no timer outlives the ringing of its
+  call.
 - an away user's **reconnect grace** (:class:`_Grace`), a task that holds one cancel scope, started
   when the connection of a party of a call is lost. Events for that user wait in the grace's queue
   (bounded) instead of going out. The user's return, the grace's end, or the user leaving ends it
@@ -31,8 +31,6 @@ of the lost session (or the node that claimed it); another node ends it there th
 
 from __future__ import annotations
 
-import heapq
-import itertools
 import logging
 import secrets
 import time
@@ -42,6 +40,7 @@ from typing import Any, Final, Protocol, TypeVar, cast
 import msgspec
 import trio
 
+from ..alarms import Alarms
 from ..config import Config
 from ..metrics import Registry as MetricsRegistry
 from ..ratelimit import RateLimiter
@@ -253,12 +252,7 @@ class Signalling:
         # Read at each use: callbox.serve() may hand the app its config after it was built.
         self.settings = settings
         self.limiter = RateLimiter()
-        # The ring timers: call id -> its entry in the heap, [deadline, order, call id or None once
-        # stopped]; the task that rings them sleeps in ``_ringer`` (None: no task runs).
-        self.timers: dict[str, list[Any]] = {}
-        self._ringing: list[list[Any]] = []
-        self._order = itertools.count()
-        self._ringer: trio.CancelScope | None = None
+        self._ring_timers: Alarms[str] = Alarms(transport.start_soon, self._time_out)  # by call id
         self.graces: dict[str, _Grace] = {}  # session id of an away user -> its reconnect grace
         self._ops: dict[str, Callable[[Session, Sequence[object]], Awaitable[AckOk]]] = {
             "user:join": self._join,
@@ -456,48 +450,21 @@ class Signalling:
 
     # -- ring timers ------------------------------------------------------------------------------
 
+    @property
+    def timers(self) -> dict[str, list[Any]]:
+        """The calls that ring now, by id (their alarms)."""
+        return self._ring_timers.entries
+
     def _start_timer(self, call_id: str, seconds: float) -> None:
-        when = trio.current_time() + seconds
-        entry = [when, next(self._order), call_id]
-        self.timers[call_id] = entry
-        heapq.heappush(self._ringing, entry)
-        ringer = self._ringer
-        if ringer is None:
-            self._ringer = trio.CancelScope(deadline=when)
-            self.transport.start_soon(self._ring_timers)
-        elif when < ringer.deadline:
-            ringer.deadline = when
+        self._ring_timers.set(call_id, trio.current_time() + seconds)
 
     def _stop_timer(self, call_id: str) -> None:
-        entry = self.timers.pop(call_id, None)
-        if entry is not None:
-            entry[2] = None  # left in the heap, emptied, until it comes to the top
-            ringing = self._ringing
-            while ringing and ringing[0][2] is None:
-                heapq.heappop(ringing)
-            if not ringing and self._ringer is not None:
-                self._ringer.cancel()  # no call rings: its task ends
+        self._ring_timers.cancel(call_id)
 
-    async def _ring_timers(self) -> None:
-        """Time out each ringing call at its deadline; ends once no call rings."""
-        ringing = self._ringing
-        while True:
-            assert self._ringer is not None
-            with self._ringer:
-                await trio.sleep_forever()
-            now = trio.current_time()
-            while ringing and (ringing[0][2] is None or ringing[0][0] <= now):
-                _, _, call_id = heapq.heappop(ringing)
-                if call_id is None:
-                    continue  # stopped: the ringing ended some other way
-                del self.timers[call_id]
-                ended = await self.registry.time_out(call_id)
-                if ended is not None:
-                    self._ended(ended)
-            if not ringing:
-                self._ringer = None
-                return
-            self._ringer = trio.CancelScope(deadline=ringing[0][0])
+    async def _time_out(self, call_id: str) -> None:
+        ended = await self.registry.time_out(call_id)
+        if ended is not None:
+            self._ended(ended)
 
     # -- reconnect graces -------------------------------------------------------------------------
 
