@@ -254,7 +254,7 @@ def encode_packet(
 
 
 _BINARY = (bytes, bytearray, memoryview)
-_BINARY_OR_CONTAINER = (*_BINARY, list, tuple, dict)
+_CONTAINERS = (list, tuple, dict)
 _NEVER_BINARY = (str, msgspec.Struct, msgspec.Raw)  # most arguments: one quick isinstance
 
 
@@ -268,7 +268,7 @@ def has_binary(data: Any) -> bool:
     for item in data:
         if isinstance(item, _NEVER_BINARY):
             continue
-        if isinstance(item, _BINARY_OR_CONTAINER) and (isinstance(item, _BINARY) or has_binary(item)):
+        if isinstance(item, _BINARY) or (isinstance(item, _CONTAINERS) and has_binary(item)):
             return True
     return False
 
