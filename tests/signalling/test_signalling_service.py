@@ -14,7 +14,9 @@ import trio.testing
 import callbox
 from _signalling import RING, TOKEN, Harness
 from callbox.config import parse_args
-from callbox.signalling import ErrorCode
+from callbox.signalling import ErrorCode, _service
+from callbox.signalling._errors import SignallingError
+from callbox.signalling._payloads import Candidate
 
 
 @pytest.fixture
@@ -294,6 +296,40 @@ async def test_malformed_payloads(h: Harness, event: str, payload: Any, fragment
     assert ack["ok"] is False and ack["code"] == "INVALID_PAYLOAD" and fragment in ack["message"], ack
     assert h.take(alice) == [err(ErrorCode.INVALID_PAYLOAD, ack["message"])]
     assert h.take(bob) == []
+
+
+@pytest.mark.parametrize(
+    ("event", "body"),
+    [("call:offer", {"offer": {}}), ("call:answer", {"answer": {}}), ("ice:candidate", {"candidate": None}),
+     ("call:initiate", {"callType": "audio"})],
+)
+async def test_the_user_id_a_payload_goes_to_is_checked_every_time(h: Harness, event: str, body: Any) -> None:
+    # Ids that passed the pattern are remembered (the payload is then decoded without it): one that
+    # never passed is refused however often it comes, before and after valid ones.
+    alice, bob = await h.join("alice"), await h.join("bob")
+    await h.live_call(alice, bob)
+    for to in ["b b", "bob", "bob\n", "bob", "b\u00f3b", "bob", "b b"]:
+        ack = await h.emit(alice, event, {"to": to, **body})
+        if to == "bob":
+            assert ack.get("code") != "INVALID_PAYLOAD", ack
+        else:
+            assert ack["code"] == "INVALID_PAYLOAD" and "matching regex" in ack["message"], (to, ack)
+
+
+def test_the_user_ids_remembered_as_checked_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_service, "MAX_CHECKED_USER_IDS", 3)
+    monkeypatch.setattr(_service, "_checked_user_ids", set())
+
+    def candidate(to: str) -> Any:
+        return _service._payload([msgspec.Raw(msgspec.json.encode({"to": to, "candidate": None}))], Candidate)
+
+    for n, to in enumerate(["a", "b", "c"], 1):
+        assert candidate(to).to == to and len(_service._checked_user_ids) == n
+    assert candidate("a").to == "a" and len(_service._checked_user_ids) == 3  # known: nothing added
+    assert candidate("d").to == "d" and _service._checked_user_ids == {"d"}  # the fourth: the rest forgotten
+    with pytest.raises(SignallingError, match="matching regex"):
+        candidate("a a")
+    assert _service._checked_user_ids == {"d"}
 
 
 async def test_binary_payload_is_refused(h: Harness) -> None:
