@@ -840,7 +840,8 @@ class SocketIO:
         self._pending_lot.unpark_all()
 
     async def on_message(self, esock: EngineSocket, data: str | bytes) -> None:
-        """Engine.IO hook: one message of a session, decoded as Socket.IO and handled."""
+        """Engine.IO hook: one message of a session, decoded as Socket.IO and handled. An event,
+        the usual packet, is handled here; the others by :meth:`_on_other_packet`."""
         client: _Client = esock.state
         try:
             packet = client.core.receive(data)
@@ -851,11 +852,48 @@ class SocketIO:
         if packet is None:
             return
         ptype = packet.type
-        if ptype is _EVENT or ptype is _BINARY_EVENT:
-            sock = client.sockets.get(packet.namespace)
-            if sock is not None:  # else not connected there: dropped, as socket.io does
-                await self._handle_event(sock, packet)
-        elif ptype is PacketType.ACK or ptype is PacketType.BINARY_ACK:
+        if ptype is not _EVENT and ptype is not _BINARY_EVENT:
+            await self._on_other_packet(client, packet)
+            return
+        sock = client.sockets.get(packet.namespace)
+        if sock is None:
+            return  # not connected there: dropped, as socket.io does
+        ns = sock.namespace
+        packet_args = packet.data
+        name = packet.event
+        entry = ns._handlers.get(name)
+        sock.ack_requested = packet.id is not None
+        sock._ack_id = packet.id
+        if ns._app_hooks.incoming:
+            shown = packet_args if ptype is _BINARY_EVENT else [_json.decode(a) for a in packet_args]
+            _run_hooks(ns._app_hooks.incoming, sock, name, shown)
+        try:
+            if entry is not None:
+                fn, raw = entry
+                args = packet_args if (raw or ptype is _BINARY_EVENT) else [_json.decode(a) for a in packet_args]
+                result = fn(sock, *args)  # not through _call: one coroutine less per event
+                if _awaits(result):
+                    result = await result
+            elif ns._any is not None:
+                result = await _call(ns._any, sock, name, *packet_args)
+            else:
+                return
+        finally:
+            sock.ack_requested = False
+            ack_id, sock._ack_id = sock._ack_id, None  # None: the handler deferred it (defer_ack)
+        if ack_id is not None and sock.connected:
+            if result is None:
+                ack_args: list[Any] = []
+            elif isinstance(result, tuple):
+                ack_args = list(result)
+            else:
+                ack_args = [result]
+            sock.client.send_packet(encode_ack(ns.name, ack_args, ack_id))
+
+    async def _on_other_packet(self, client: _Client, packet: Packet) -> None:
+        """An ACK, CONNECT or DISCONNECT from the client."""
+        ptype = packet.type
+        if ptype is PacketType.ACK or ptype is PacketType.BINARY_ACK:
             if client.core.ack_received(packet):
                 assert packet.id is not None
                 waiter = client.acks.pop(packet.id)
@@ -1007,35 +1045,3 @@ class SocketIO:
             except Exception:
                 log.exception("recover handler failed for socket %s", old.id)
 
-    async def _handle_event(self, sock: Socket, packet: Packet) -> None:
-        ns = sock.namespace
-        data = packet.data
-        name = packet.event
-        entry = ns._handlers.get(name)
-        sock.ack_requested = packet.id is not None
-        sock._ack_id = packet.id
-        if ns._app_hooks.incoming:
-            shown = data if packet.type is _BINARY_EVENT else [_json.decode(a) for a in data]
-            _run_hooks(ns._app_hooks.incoming, sock, name, shown)
-        try:
-            if entry is not None:
-                fn, raw = entry
-                args = data if (raw or packet.type is _BINARY_EVENT) else [_json.decode(a) for a in data]
-                result = fn(sock, *args)  # not through _call: one coroutine less per event
-                if _awaits(result):
-                    result = await result
-            elif ns._any is not None:
-                result = await _call(ns._any, sock, name, *data)
-            else:
-                return
-        finally:
-            sock.ack_requested = False
-            ack_id, sock._ack_id = sock._ack_id, None  # None: the handler deferred it (defer_ack)
-        if ack_id is not None and sock.connected:
-            if result is None:
-                ack_args: list[Any] = []
-            elif isinstance(result, tuple):
-                ack_args = list(result)
-            else:
-                ack_args = [result]
-            sock.client.send_packet(encode_ack(ns.name, ack_args, ack_id))

@@ -87,8 +87,9 @@ def install(app: SocketIO, registry: Registry | None = None, cluster: Cluster | 
             socket.recovering = None  # a token for someone else takes nothing back
 
     def handler(event: str) -> Callable[..., Awaitable[Ack]]:
-        async def handle(socket: Socket, *args: object) -> Ack:
-            return await signalling.handle(socket.state, event, args, ack=socket.ack_requested)
+        def handle(socket: Socket, *args: object) -> Awaitable[Ack]:
+            # Not async: the event's handling is Signalling.handle's coroutine, with no frame of ours around it.
+            return signalling.handle(socket.state, event, args, ack=socket.ack_requested)
 
         return handle
 
@@ -96,8 +97,8 @@ def install(app: SocketIO, registry: Registry | None = None, cluster: Cluster | 
         namespace.on(event, raw=True)(handler(event))
 
     @namespace.on_any
-    async def unknown(socket: Socket, event: str, *args: object) -> Ack:
-        return await signalling.handle(socket.state, event, args, ack=socket.ack_requested)
+    def unknown(socket: Socket, event: str, *args: object) -> Awaitable[Ack]:
+        return signalling.handle(socket.state, event, args, ack=socket.ack_requested)
 
     @namespace.on_detach
     async def detached(socket: Socket, reason: str) -> None:

@@ -255,7 +255,10 @@ def encode_packet(
 
 _BINARY = (bytes, bytearray, memoryview)
 _CONTAINERS = (list, tuple, dict)
-_NEVER_BINARY = (str, msgspec.Struct, msgspec.Raw)  # most arguments: one quick isinstance
+_NEVER_BINARY = (str, msgspec.Raw)  # most arguments, with Structs: quick checks
+# ``isinstance(x, msgspec.Struct)`` is the slow kind of isinstance (Struct's class has a metaclass of
+# its own, which defines the check): a Struct is known by its metaclass instead.
+_STRUCT_META = type(msgspec.Struct)
 
 
 def has_binary(data: Any) -> bool:
@@ -266,7 +269,7 @@ def has_binary(data: Any) -> bool:
     elif not isinstance(data, (list, tuple)):
         return isinstance(data, _BINARY)
     for item in data:
-        if isinstance(item, _NEVER_BINARY):
+        if type(type(item)) is _STRUCT_META or isinstance(item, _NEVER_BINARY):
             continue
         if isinstance(item, _BINARY) or (isinstance(item, _CONTAINERS) and has_binary(item)):
             return True
@@ -301,7 +304,7 @@ def encode_binary_packet(
 def encode_event(namespace: str, event: str, args: Iterable[Any], ack_id: int | None = None) -> list[str | bytes]:
     """An EVENT (a BINARY_EVENT if an argument holds bytes) as the Engine.IO messages that carry it."""
     data = [event, *args]
-    if has_binary(data):
+    if has_binary(args):  # the event name is a str
         return encode_binary_packet(_EVENT, namespace, data, ack_id)
     return [encode_packet(_EVENT, namespace, data, ack_id)]
 
