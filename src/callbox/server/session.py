@@ -144,7 +144,7 @@ class EngineSocket:
         """Write the outbox from this task, as far as the socket takes it without waiting."""
         ws = self._ws
         assert ws is not None
-        data = b"".join(map(ws.message, self.core.take_output()))
+        data = _frames(ws, self.core.take_output())
         try:
             written = _write_some(self._fd, data)
         except OSError:  # reset, or the connection is closing: the reader will see it too
@@ -201,6 +201,13 @@ def flush_writes() -> None:
 # The batch of the current task, if it is a reader handling one read. A ContextVar, so it is the
 # reader's own; a task started meanwhile inherits it, and writes at once once the batch is done.
 _BATCH: ContextVar[batched_writes | None] = ContextVar("callbox_write_batch", default=None)
+
+
+def _frames(ws: WSCodec, messages: list[str | bytes]) -> bytes:
+    """The messages as WebSocket frames, in one bytes (one message, the usual case, is not joined)."""
+    if len(messages) == 1:
+        return ws.message(messages[0])
+    return b"".join(map(ws.message, messages))
 
 
 def _write_some(fd: int, data: bytes) -> int:
@@ -324,7 +331,7 @@ async def flush_websocket(sock: EngineSocket) -> None:
         # The client's close frame came in while we had output queued: nobody will read it.
         sock.lose(CloseReason.TRANSPORT_CLOSE)
         return
-    data = sock._leftover + b"".join(map(ws.message, core.take_output()))
+    data = sock._leftover + _frames(ws, core.take_output())
     sock._leftover = b""
     if core.state is _CLOSED:
         data += ws.close()
