@@ -16,7 +16,7 @@ from _signalling import RING, TOKEN, Harness
 from callbox.config import parse_args
 from callbox.signalling import ErrorCode, _service
 from callbox.signalling._errors import SignallingError
-from callbox.signalling._payloads import Candidate
+from callbox.signalling._payloads import Answer, Candidate, Initiate, Offer
 
 
 @pytest.fixture
@@ -314,6 +314,30 @@ async def test_the_user_id_a_payload_goes_to_is_checked_every_time(h: Harness, e
             assert ack.get("code") != "INVALID_PAYLOAD", ack
         else:
             assert ack["code"] == "INVALID_PAYLOAD" and "matching regex" in ack["message"], (to, ack)
+
+
+@pytest.mark.parametrize("kind", [Initiate, Offer, Answer, Candidate])
+@pytest.mark.parametrize("payload", [
+    {"to": "bob", "callType": "audio", "offer": {"sdp": "v=0"}, "answer": {}, "candidate": None},
+    {"to": "bob", "callType": "video", "offer": None, "answer": [1], "candidate": {"c": 1}, "extra": 1},
+    {"to": "bob"},
+    {"to": "bob", "callType": "fax", "offer": 1, "answer": "a", "candidate": True},
+    {"to": "x" * 129, "callType": "audio", "offer": {}, "answer": {}, "candidate": None},
+    {"to": 5, "callType": "audio", "offer": {}, "answer": {}, "candidate": None},
+    {"callType": "audio", "offer": {}, "answer": {}, "candidate": None},
+])
+def test_the_decoders_without_the_pattern_read_as_the_payload_types_do(kind: type[Any], payload: Any) -> None:
+    # With a valid id (or none at all), the decoder that leaves the pattern out reads (or refuses)
+    # every payload exactly as the type itself does.
+    raw = msgspec.json.encode(payload)
+
+    def outcome(decoder: msgspec.json.Decoder[Any]) -> Any:
+        try:
+            return msgspec.structs.asdict(decoder.decode(raw))
+        except msgspec.ValidationError as exc:
+            return str(exc)
+
+    assert outcome(_service._to_decoders[kind]) == outcome(_service._decoders[kind])
 
 
 def test_the_user_ids_remembered_as_checked_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

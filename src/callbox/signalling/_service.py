@@ -207,12 +207,18 @@ _UnpatternedUserId = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_US
 
 
 def _to_unpatterned(kind: type[msgspec.Struct]) -> msgspec.json.Decoder[Any]:
-    """A decoder for ``kind`` as it is, but for its ``to`` field: a user id without the pattern."""
+    """A decoder for ``kind`` as it is (its fields, their JSON names, what it accepts), but for its
+    ``to`` field: a user id without the pattern."""
     fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
     for f in msgspec.structs.fields(kind):
         kept = _UnpatternedUserId if f.name == "to" else f.type
         fields.append((f.name, kept) if f.default is msgspec.NODEFAULT else (f.name, kept, f.default))
-    return msgspec.json.Decoder(msgspec.defstruct(kind.__name__, fields, frozen=True, gc=False))
+    config = kind.__struct_config__
+    return msgspec.json.Decoder(msgspec.defstruct(
+        kind.__name__, fields, frozen=True, gc=False, forbid_unknown_fields=config.forbid_unknown_fields,
+        array_like=config.array_like, tag=config.tag, tag_field=config.tag_field,
+        rename={f.name: f.encode_name for f in msgspec.structs.fields(kind)},
+    ))
 
 
 _to_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
