@@ -87,11 +87,13 @@ def install(app: SocketIO, registry: Registry | None = None, cluster: Cluster | 
             socket.recovering = None  # a token for someone else takes nothing back
 
     def handler(event: str) -> Callable[..., Awaitable[Ack]]:
-        def handle(socket: Socket, *args: object) -> Awaitable[Ack]:
-            # Not async: the event's handling is Signalling.handle's coroutine, with no frame of ours around it.
-            return signalling.handle(socket.state, event, args, ack=socket.ack_requested)
+        handle = signalling.handler(event)  # the event's operation, found once
 
-        return handle
+        def on_event(socket: Socket, *args: object) -> Awaitable[Ack]:
+            # Not async: the event's handling is the signalling's coroutine, with no frame of ours around it.
+            return handle(socket.state, args, socket.ack_requested)
+
+        return on_event
 
     for event in signalling.events:
         namespace.on(event, raw=True)(handler(event))

@@ -31,10 +31,11 @@ of the lost session (or the node that claimed it); another node ends it there th
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Annotated, Any, Final, Protocol, TypeVar, cast
 
 import msgspec
@@ -278,6 +279,10 @@ def new_call_id() -> str:
     return secrets.token_urlsafe(16)
 
 
+# A client event's operation: (session, its arguments) -> its ack.
+_Op = Callable[[Session, Sequence[object]], Awaitable[AckOk]]
+
+
 class Signalling:
     """The signalling protocol over a :class:`Transport` and a registry (see the module docstring):
     :meth:`handle` one client event, :meth:`closed` / :meth:`returned` as connections go and come
@@ -300,7 +305,7 @@ class Signalling:
         self.limiter = RateLimiter()
         self._ring_timers: Alarms[str] = Alarms(transport.start_soon, self._time_out)  # by call id
         self.graces: dict[str, _Grace] = {}  # session id of an away user -> its reconnect grace
-        self._ops: dict[str, Callable[[Session, Sequence[object]], Awaitable[AckOk]]] = {
+        self._ops: dict[str, _Op] = {
             "user:join": self._join,
             "call:initiate": self._initiate,
             "call:accept": self._accept,
@@ -316,12 +321,21 @@ class Signalling:
         """The client events it handles."""
         return tuple(self._ops)
 
-    async def handle(self, session: Session, event: str, args: Sequence[object], *, ack: bool = False) -> Ack:
-        """Handle one client event; the result is its ack. A refusal also goes to the client as an
-        ``error`` event unless ``ack`` says the client asked for an ack (which then carries it)."""
+    def handle(self, session: Session, event: str, args: Sequence[object], *, ack: bool = False) -> Coroutine[
+            Any, Any, Ack]:
+        """Handle one client event; the result (awaited) is its ack. A refusal also goes to the client
+        as an ``error`` event unless ``ack`` says the client asked for an ack (which then carries it)."""
+        return self._handle(self._ops.get(event), event, session, args, ack)
+
+    def handler(self, event: str) -> Callable[[Session, Sequence[object], bool], Coroutine[Any, Any, Ack]]:
+        """:meth:`handle` for one of :attr:`events`, called as ``handler(session, args, ack)``, with the
+        event's operation looked up once, here: for a transport that dispatches by event name itself
+        (a Socket.IO namespace), so that the name is dispatched once."""
+        return functools.partial(self._handle, self._ops[event], event)
+
+    async def _handle(self, op: _Op | None, event: str, session: Session, args: Sequence[object], ack: bool) -> Ack:
         self.observe.event_received(event)
         try:
-            op = self._ops.get(event)
             if op is None:
                 shown = event if len(event) <= MAX_SHOWN_EVENT_NAME else event[:MAX_SHOWN_EVENT_NAME] + "..."
                 raise SignallingError(ErrorCode.INVALID_PAYLOAD, f"Unknown event {shown!r}")
