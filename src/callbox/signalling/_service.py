@@ -321,8 +321,8 @@ class Signalling:
         """The client events it handles."""
         return tuple(self._ops)
 
-    def handle(self, session: Session, event: str, args: Sequence[object], *, ack: bool = False) -> Coroutine[
-            Any, Any, Ack]:
+    def handle(self, session: Session, event: str, args: Sequence[object], *,
+               ack: bool = False) -> Coroutine[Any, Any, Ack]:
         """Handle one client event; the result (awaited) is its ack. A refusal also goes to the client
         as an ``error`` event unless ``ack`` says the client asked for an ack (which then carries it)."""
         return self._handle(self._ops.get(event), event, session, args, ack)

@@ -304,7 +304,7 @@ def encode_binary_packet(
 def encode_event(namespace: str, event: str, args: Iterable[Any], ack_id: int | None = None) -> list[str | bytes]:
     """An EVENT (a BINARY_EVENT if an argument holds bytes) as the Engine.IO messages that carry it."""
     data = [event, *args]
-    if has_binary(args):  # the event name is a str
+    if has_binary(data):
         return encode_binary_packet(_EVENT, namespace, data, ack_id)
     return [encode_packet(_EVENT, namespace, data, ack_id)]
 
