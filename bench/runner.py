@@ -553,6 +553,10 @@ def _events_received(port: int, event: str) -> float:
     return sum(float(line.split()[-1]) for line in body.splitlines() if line.startswith(wanted))
 
 
+def _callgrind_control(flag: str, pid: int) -> None:
+    subprocess.run(["callgrind_control", flag, str(pid)], check=True, capture_output=True)
+
+
 def instructions(args: argparse.Namespace) -> int:
     """Instructions per relayed message (or per call flow), counted by valgrind's callgrind: callbox
     runs under valgrind with the count off while the generator connects and warms up, then counts for
@@ -589,15 +593,12 @@ def instructions(args: argparse.Namespace) -> int:
                     print(f"bench instructions: the scenario did not start: {server.tail()}")
                     return 1
                 time.sleep(0.5)
-            def control(flag: str) -> None:
-                subprocess.run(["callgrind_control", flag, str(server.pid)], check=True, capture_output=True)
-
-            control("--instr=on")
+            _callgrind_control("--instr=on", server.pid)
             before = _events_received(server.port, event)
             time.sleep(args.duration)
             after = _events_received(server.port, event)
-            control("--instr=off")
-            control("--dump")
+            _callgrind_control("--instr=off", server.pid)
+            _callgrind_control("--dump", server.pid)
         finally:
             gen.kill()
             gen.wait()
@@ -688,7 +689,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="", help="results folder (default bench/results; smoke: a temp folder)")
     parser.add_argument("--no-setup", action="store_true", help="do not install missing bench packages")
     parser.add_argument("--server", default="callbox", help="profile: the Python server to profile")
-    parser.add_argument("--scenario", default="relay", help="profile: relay, fixed, flows or ramp")
+    parser.add_argument("--scenario", default="relay",
+                        help="profile: relay, fixed, flows or ramp; calls, instructions: relay or flows")
     parser.add_argument("--duration", type=int, default=10, help="profile, calls, instructions: seconds of sampling")
     parser.add_argument("--top", type=int, default=40, help="calls: how many functions to list")
     args = parser.parse_args(argv)
