@@ -291,16 +291,10 @@ class EngineServer:
             if self.draining and not self.sessions and not self._closing:
                 self._sessions_gone.set()
 
-    async def deliver(self, sock: EngineSocket, message: str | bytes) -> None:
-        """Hand a message to the session's application; its failure closes that session only."""
-        try:
-            await sock.app.on_message(sock, message)
-        except Exception:
-            self.handler_failed(sock)
-
     def handler_failed(self, sock: EngineSocket) -> None:
-        """The session's message handler raised (call it in the ``except``): a handler's exception
-        closes its own session, never the server."""
+        """The session's message handler raised (call it in the ``except`` around
+        ``sock.app.on_message``, as both transports do): a handler's exception closes its own
+        session, never the server."""
         log.exception("message handler failed for session %s", sock.sid)
         sock.lose(CloseReason.TRANSPORT_ERROR)
 

@@ -127,6 +127,9 @@ async def _post(server: EngineServer, conn: Connection, request: h11.Request, so
         for message in messages:
             if not core.is_open:
                 break
-            await server.deliver(sock, message)
+            try:
+                await sock.app.on_message(sock, message)
+            except Exception:
+                server.handler_failed(sock)
     await conn.respond(200, [*cors, ("Content-Type", "text/html")], b"ok")
     return True

@@ -286,7 +286,7 @@ async def _handle_read(server: EngineServer, sock: EngineSocket, ws: WSCodec, sc
         if scope is not None and sock._ws is ws and sock._ws_scope is not scope:
             sock._ws_scope = scope  # adopted by the upgrade
         if msg is not None:
-            try:  # server.deliver, inline: a coroutine less per message
+            try:  # as over polling (``handler_failed``); inline, not a helper: a coroutine less per message
                 await sock.app.on_message(sock, msg)
             except Exception:
                 server.handler_failed(sock)
