@@ -223,7 +223,7 @@ def _to_unpatterned(kind: type[msgspec.Struct]) -> msgspec.json.Decoder[Any]:
 
 
 _to_decoders: dict[type[Any], msgspec.json.Decoder[Any]] = {
-    t: _to_unpatterned(t) for t in (Initiate, Offer, Answer, Candidate)
+    t: _to_unpatterned(t) for t in _decoders if any(f.name == "to" for f in msgspec.structs.fields(t))
 }
 
 
