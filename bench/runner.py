@@ -495,9 +495,11 @@ def profile(args: argparse.Namespace) -> int:
     return 0
 
 
-# What one unit of a scenario is, for `calls`: the handler run once per relayed message (relay) and
-# once per call flow (flows), counted by cProfile like everything else.
-UNIT_OF = {"relay": ("_candidate", "relayed message"), "flows": ("_initiate", "call flow")}
+# What one unit of a scenario is: the handler run once per relayed message (relay) and once per call
+# flow (flows), which `calls` counts with cProfile like everything else; the client event that
+# `instructions` counts in the server's own /metrics; and the unit's name.
+UNIT_OF = {"relay": ("_candidate", "ice:candidate", "relayed message"),
+           "flows": ("_initiate", "call:initiate", "call flow")}
 
 
 def calls(args: argparse.Namespace) -> int:
@@ -508,7 +510,7 @@ def calls(args: argparse.Namespace) -> int:
         install.ensure()
     if args.scenario not in UNIT_OF:
         raise SystemExit(f"calls: --scenario is relay or flows, not {args.scenario}")
-    marker, unit = UNIT_OF[args.scenario]
+    marker, _, unit = UNIT_OF[args.scenario]
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
     out = logs / "calls.prof"
     write = "each" if args.write_mode == "each" else "batched"
@@ -539,11 +541,6 @@ def calls(args: argparse.Namespace) -> int:
     return 0
 
 
-# What one unit of a scenario is, for `instructions`: the client event counted once per relayed
-# message (relay) and once per call flow (flows), read from the server's own /metrics.
-EVENT_OF = {"relay": "ice:candidate", "flows": "call:initiate"}
-
-
 def _events_received(port: int, event: str) -> float:
     """callbox's count of ``event`` received so far (callbox_events_received_total, from /metrics)."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as conn:
@@ -568,10 +565,9 @@ def instructions(args: argparse.Namespace) -> int:
         install.ensure()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("instructions: needs valgrind (Debian: apt install valgrind)")
-    if args.scenario not in EVENT_OF:
+    if args.scenario not in UNIT_OF:
         raise SystemExit(f"instructions: --scenario is relay or flows, not {args.scenario}")
-    event = EVENT_OF[args.scenario]
-    unit = UNIT_OF[args.scenario][1]
+    _, event, unit = UNIT_OF[args.scenario]
     logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
     out = logs / "callgrind.out"
     write = "each" if args.write_mode == "each" else "batched"
