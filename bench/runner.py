@@ -502,25 +502,35 @@ UNIT_OF = {"relay": ("_candidate", "ice:candidate", "relayed message"),
            "flows": ("_initiate", "call:initiate", "call flow")}
 
 
+def _per_unit(args: argparse.Namespace, command: str) -> tuple[tuple[str, str, str], Path, str]:
+    """What ``calls`` and ``instructions`` start with: the bench's packages, the scenario's unit
+    (UNIT_OF), a folder for the logs, the write mode."""
+    if not args.no_setup:
+        install.ensure()
+    if args.scenario not in UNIT_OF:
+        raise SystemExit(f"{command}: --scenario is relay or flows, not {args.scenario}")
+    write = "each" if args.write_mode == "each" else "batched"
+    return UNIT_OF[args.scenario], Path(tempfile.mkdtemp(prefix="bench-logs-")), write
+
+
+def _load(scenario: str, plan: Plan) -> dict[str, int]:
+    """The generator's sizes for relay (pairs, in flight) or flows (calls at once, candidates)."""
+    if scenario == "relay":
+        return {"pairs": plan.pairs, "window": plan.window}
+    return {"calls": plan.calls, "ice": plan.ice}
+
+
 def calls(args: argparse.Namespace) -> int:
     """Python function calls per relayed message (or per call flow): callbox runs under cProfile
     while the generator drives the scenario, then stops (SIGINT) and the counts are read. Unlike
     times, counts hardly move with the machine's noise: a figure for how long the hot path is."""
-    if not args.no_setup:
-        install.ensure()
-    if args.scenario not in UNIT_OF:
-        raise SystemExit(f"calls: --scenario is relay or flows, not {args.scenario}")
-    marker, _, unit = UNIT_OF[args.scenario]
-    logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
+    (marker, _, unit), logs, write = _per_unit(args, "calls")
     out = logs / "calls.prof"
-    write = "each" if args.write_mode == "each" else "batched"
     plan = Plan(warmup=1.0, duration=float(args.duration))
     wrap = (sys.executable, "-m", "cProfile", "-o", str(out))
     with running("callbox", logs, wrap=wrap) as server:
-        options = ({"pairs": plan.pairs, "window": plan.window} if args.scenario == "relay"
-                   else {"calls": plan.calls, "ice": plan.ice})
         result = generate(args.scenario, server, plan, warmup=plan.warmup, duration=plan.duration, write=write,
-                          **options)
+                          **_load(args.scenario, plan))
         server.proc.send_signal(signal.SIGINT)  # a clean exit, so that cProfile writes its counts
         server.proc.wait(30)
     if "error" in result or not out.exists():
@@ -561,25 +571,19 @@ def instructions(args: argparse.Namespace) -> int:
     machine's noise (repeatable to about 1% here), for comparing two versions of the code; unlike
     it, built-ins and C code count by what they cost. Not a time: a byte-by-byte loop in C runs many
     instructions a cycle, the interpreter's jumps few."""
-    if not args.no_setup:
-        install.ensure()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         raise SystemExit("instructions: needs valgrind (Debian: apt install valgrind)")
-    if args.scenario not in UNIT_OF:
-        raise SystemExit(f"instructions: --scenario is relay or flows, not {args.scenario}")
-    _, event, unit = UNIT_OF[args.scenario]
-    logs = Path(tempfile.mkdtemp(prefix="bench-logs-"))
+    (_, event, unit), logs, write = _per_unit(args, "instructions")
     out = logs / "callgrind.out"
-    write = "each" if args.write_mode == "each" else "batched"
     plan = Plan()
     wrap = ("valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}")
     with running("callbox", logs, wrap=wrap) as server:
-        options = (["--pairs", str(plan.pairs), "--window", str(plan.window)] if args.scenario == "relay"
-                   else ["--calls", str(plan.calls), "--ice", str(plan.ice)])
         # The generator runs far longer than needed; it is stopped once the count is taken.
         command = ["taskset", "-c", GEN_CORE, node(), str(GEN), args.scenario, "--port", str(server.port),
                    "--pid", str(server.pid), "--timeout", "300", "--warmup", "600", "--duration", "600",
-                   "--write", write, *options]
+                   "--write", write]
+        for key, value in _load(args.scenario, plan).items():
+            command += [f"--{key}", str(value)]
         gen = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                preexec_fn=_die_with_parent)
         try:
